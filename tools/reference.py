@@ -128,11 +128,14 @@ class MoE(nn.Module):
 
 
 def _replace_ff_with_moe(layer, moe):
-    """Turn an nn.Transformer layer into its MoE form: drop linear1/linear2, add `moe`."""
+    """Turn an _MoE*Layer into its MoE form: drop linear1/linear2, add `moe` (its _ff_block calls it).
+
+    (_ff_block is a method of the subclasses, not a per-instance lambda: a lambda bound to the layer
+    survived copy.deepcopy pointing at the ORIGINAL layer's experts, and made the model unpicklable.)
+    """
     del layer.linear1
     del layer.linear2
     layer.moe = moe
-    layer._ff_block = lambda x: layer.moe(x)
 
 
 class _MoEEncoderLayer(nn.TransformerEncoderLayer):
@@ -147,6 +150,16 @@ class _MoEEncoderLayer(nn.TransformerEncoderLayer):
             x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask))
             x = self.norm2(x + self._ff_block(x))
         return x
+
+    def _ff_block(self, x):
+        return self.moe(x)
+
+
+class _MoEDecoderLayer(nn.TransformerDecoderLayer):
+    """Decoder layer whose feed-forward block is `self.moe`."""
+
+    def _ff_block(self, x):
+        return self.moe(x)
 
 
 class Seq2Seq(nn.Module):
@@ -179,14 +192,12 @@ class Seq2Seq(nn.Module):
                                   ("decoder", moe.get("decoder_layers", []))):
                 stack = getattr(self.transformer, side).layers
                 for i in indices:
-                    if side == "encoder":
-                        old = stack[i]
-                        new = _MoEEncoderLayer(d, c["n_heads"], c["d_ff"], dropout=0.0,
-                                               activation=c["activation"],
-                                               layer_norm_eps=c["layer_norm_eps"], batch_first=True,
-                                               norm_first=c["norm_first"])
-                        new.load_state_dict(old.state_dict())
-                        stack[i] = new
+                    cls = _MoEEncoderLayer if side == "encoder" else _MoEDecoderLayer
+                    new = cls(d, c["n_heads"], c["d_ff"], dropout=0.0, activation=c["activation"],
+                              layer_norm_eps=c["layer_norm_eps"], batch_first=True,
+                              norm_first=c["norm_first"])
+                    new.load_state_dict(stack[i].state_dict())
+                    stack[i] = new
                     _replace_ff_with_moe(stack[i], MoE(d, c["d_ff"], moe["n_experts"], moe["top_k"],
                                                        moe["gate"], c["activation"]))
         if not c["tie_output"]:

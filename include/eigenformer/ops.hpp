@@ -1,0 +1,196 @@
+// eigenformer/ops.hpp: the stateless operations a Transformer is made of, as free functions over
+// Eigen views (tensor::matrix(), make_view(), blocks). Inputs are any Eigen matrix expressions of
+// the right shape; outputs are writable views (Eigen's "FunctionsTakingEigenTypes" idiom), and
+// every function checks shapes once per call and throws shape_error naming both shapes.
+//
+// Row-major throughout: a matrix [rows, cols] holds one token (or one score row) per row, so every
+// row-wise operation below walks contiguous memory.
+#pragma once
+
+#include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>
+#include <cmath>
+#include <limits>
+#include <span>
+#include <string>
+
+#include "error.hpp"
+#include "tensor.hpp"
+
+namespace eigenformer {
+
+namespace detail {
+/// Eigen's documented way to write through a `const MatrixBase&` parameter bound to a temporary view.
+template <class Derived>
+Derived& writable(const Eigen::MatrixBase<Derived>& m) {
+  return const_cast<Eigen::MatrixBase<Derived>&>(m).derived();
+}
+
+inline void check_dims(const char* op, const char* what, index_t got_rows, index_t got_cols,
+                       index_t rows, index_t cols) {
+  if (got_rows != rows || got_cols != cols) {
+    throw shape_error(std::string(op) + ": " + what + " shape " + shape_string({got_rows, got_cols}) +
+                      ", expected " + shape_string({rows, cols}));
+  }
+}
+
+inline void check_length(const char* op, const char* what, index_t got, index_t expected) {
+  if (got != expected) {
+    throw shape_error(std::string(op) + ": " + what + " shape " + shape_string({got}) + ", expected " +
+                      shape_string({expected}));
+  }
+}
+}  // namespace detail
+
+/// y = x w^T + b, PyTorch's nn.Linear with the weight in its own [out, in] layout (no copy).
+///   x [n, in], w [out, in], bias [out] or empty, y [n, out]; y must not overlap x or w.
+/// Eigen runs a GEMM, or a GEMV when n == 1.
+template <class X, class W, class Y>
+void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& w,
+            std::span<const typename X::Scalar> bias, const Eigen::MatrixBase<Y>& y_) {
+  Y& y = detail::writable(y_);
+  if (x.cols() != w.cols()) {
+    throw shape_error("linear: input shape " + shape_string({x.rows(), x.cols()}) + " does not match weight " +
+                      shape_string({w.rows(), w.cols()}) + ", expected input [n, " + std::to_string(w.cols()) + "]");
+  }
+  detail::check_dims("linear", "output", y.rows(), y.cols(), x.rows(), w.rows());
+  if (!bias.empty()) detail::check_length("linear", "bias", static_cast<index_t>(bias.size()), w.rows());
+  y.noalias() = x * w.transpose();
+  if (!bias.empty()) {
+    const auto b = const_vector_view<typename X::Scalar>(bias.data(), w.rows()).transpose();
+    y.rowwise() += b;
+  }
+}
+
+/// In place, per row: x = softmax(x) over the first `valid_cols` columns; later columns become 0.
+/// Numerically stable (subtracts the row maximum). A row whose valid entries are all -inf becomes
+/// all zeros rather than NaN. valid_cols = -1 means every column.
+template <class X>
+void softmax_rows(const Eigen::MatrixBase<X>& x_, index_t valid_cols = -1) {
+  X& x = detail::writable(x_);
+  using Scalar = typename X::Scalar;
+  if (valid_cols < 0) valid_cols = x.cols();
+  if (valid_cols > x.cols()) {
+    throw shape_error("softmax_rows: valid length " + std::to_string(valid_cols) + " exceeds row length " +
+                      std::to_string(x.cols()));
+  }
+  for (index_t i = 0; i < x.rows(); ++i) {
+    auto row = x.row(i).head(valid_cols);
+    const Scalar m = valid_cols > 0 ? row.maxCoeff() : Scalar(0);
+    if (valid_cols == 0 || m == -std::numeric_limits<Scalar>::infinity()) {
+      row.setZero();
+    } else {
+      row = (row.array() - m).exp().matrix();
+      row *= Scalar(1) / row.sum();
+    }
+    x.row(i).tail(x.cols() - valid_cols).setZero();
+  }
+}
+
+/// In place, per row: x = softmax(x + mask), mask [rows, cols] additive (0 or -inf, or any bias).
+template <class X, class M>
+void softmax_rows_masked(const Eigen::MatrixBase<X>& x_, const Eigen::MatrixBase<M>& mask) {
+  X& x = detail::writable(x_);
+  detail::check_dims("softmax_rows_masked", "mask", mask.rows(), mask.cols(), x.rows(), x.cols());
+  x += mask;
+  softmax_rows(x);
+}
+
+/// In place, per row: x = log_softmax(x) over the first `valid_cols` columns; later columns become 0.
+/// Computed as x - max - log(sum(exp(x - max))), so it never takes the log of an underflowed 0.
+template <class X>
+void log_softmax_rows(const Eigen::MatrixBase<X>& x_, index_t valid_cols = -1) {
+  X& x = detail::writable(x_);
+  using Scalar = typename X::Scalar;
+  if (valid_cols < 0) valid_cols = x.cols();
+  if (valid_cols > x.cols()) {
+    throw shape_error("log_softmax_rows: valid length " + std::to_string(valid_cols) + " exceeds row length " +
+                      std::to_string(x.cols()));
+  }
+  for (index_t i = 0; i < x.rows(); ++i) {
+    auto row = x.row(i).head(valid_cols);
+    if (valid_cols > 0) {
+      const Scalar m = row.maxCoeff();
+      if (m == -std::numeric_limits<Scalar>::infinity()) {
+        row.setConstant(-std::numeric_limits<Scalar>::infinity());
+      } else {
+        row.array() -= m;  // separately: m + log_sum would round away log_sum when |m| is large
+        row.array() -= std::log(row.array().exp().sum());
+      }
+    }
+    x.row(i).tail(x.cols() - valid_cols).setZero();
+  }
+}
+
+/// In place, per row: x = log_softmax(x + mask), mask [rows, cols] additive.
+template <class X, class M>
+void log_softmax_rows_masked(const Eigen::MatrixBase<X>& x_, const Eigen::MatrixBase<M>& mask) {
+  X& x = detail::writable(x_);
+  detail::check_dims("log_softmax_rows_masked", "mask", mask.rows(), mask.cols(), x.rows(), x.cols());
+  x += mask;
+  log_softmax_rows(x);
+}
+
+/// y = LayerNorm(x) per row: (x - mean) / sqrt(var + eps) * gamma + beta, with the biased
+/// variance, as torch.nn.LayerNorm. x, y [n, d], gamma and beta [d]; y may be x (in place).
+template <class X, class Y>
+void layer_norm(const Eigen::MatrixBase<X>& x, std::span<const typename X::Scalar> gamma,
+                std::span<const typename X::Scalar> beta, typename X::Scalar eps, const Eigen::MatrixBase<Y>& y_) {
+  using Scalar = typename X::Scalar;
+  Y& y = detail::writable(y_);
+  const index_t d = x.cols();
+  detail::check_dims("layer_norm", "output", y.rows(), y.cols(), x.rows(), d);
+  detail::check_length("layer_norm", "weight", static_cast<index_t>(gamma.size()), d);
+  detail::check_length("layer_norm", "bias", static_cast<index_t>(beta.size()), d);
+  const auto g = const_vector_view<Scalar>(gamma.data(), d).transpose().array();
+  const auto b = const_vector_view<Scalar>(beta.data(), d).transpose().array();
+  for (index_t i = 0; i < x.rows(); ++i) {
+    const Scalar mean = x.row(i).mean();
+    const Scalar var = (x.row(i).array() - mean).square().mean();  // two passes: no cancellation
+    const Scalar inv = Scalar(1) / std::sqrt(var + eps);
+    y.row(i) = ((x.row(i).array() - mean) * inv * g + b).matrix();
+  }
+}
+
+/// In place: x = max(x, 0).
+template <class X>
+void relu(const Eigen::MatrixBase<X>& x_) {
+  X& x = detail::writable(x_);
+  x = x.cwiseMax(typename X::Scalar(0));
+}
+
+/// In place: x = x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2))), the exact GELU of
+/// torch.nn.functional.gelu (approximate='none'); Eigen's erf is vectorised.
+template <class X>
+void gelu(const Eigen::MatrixBase<X>& x_) {
+  X& x = detail::writable(x_);
+  using Scalar = typename X::Scalar;
+  const Scalar r = Scalar(0.70710678118654752440084436210484903928483593768847);
+  x = (Scalar(0.5) * x.array() * (Scalar(1) + (x.array() * r).erf())).matrix();
+}
+
+/// out[i] = table[ids[i]] * scale: the embedding lookup. table [vocab, d], out [ids.size(), d].
+/// Throws invalid_argument naming `what` and the position of an id outside [0, vocab).
+template <class T, class Y>
+void embedding(const Eigen::MatrixBase<T>& table, std::span<const token_id> ids, typename T::Scalar scale,
+               const Eigen::MatrixBase<Y>& out_, const char* what = "embedding") {
+  Y& out = detail::writable(out_);
+  detail::check_dims(what, "output", out.rows(), out.cols(), static_cast<index_t>(ids.size()), table.cols());
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= table.rows()) {
+      throw invalid_argument(std::string(what) + ": token id " + std::to_string(ids[i]) + " at position " +
+                             std::to_string(i) + ", expected 0 to " + std::to_string(table.rows() - 1));
+    }
+    out.row(static_cast<index_t>(i)) = table.row(ids[i]) * scale;
+  }
+}
+
+/// y += x: the residual connection. x and y [n, d].
+template <class Y, class X>
+void residual_add(const Eigen::MatrixBase<Y>& y_, const Eigen::MatrixBase<X>& x) {
+  Y& y = detail::writable(y_);
+  detail::check_dims("residual_add", "input", x.rows(), x.cols(), y.rows(), y.cols());
+  y += x;
+}
+
+}  // namespace eigenformer
