@@ -1,0 +1,175 @@
+// eigenformer/attention.hpp: multi-head attention as torch.nn.MultiheadAttention computes it
+// (batch_first, q/k/v projections fused in in_proj_weight, rows q then k then v).
+//
+// Sequences are packed (batch.hpp): sequence b owns rows offsets[b] .. offsets[b+1]. Every head of
+// every sequence is a strided view into the fused projection buffers, never a copy:
+//   self-attention:  qkv [n, 3 d_model]; head h reads q at column h d_head, k at d_model + h d_head,
+//                    v at 2 d_model + h d_head, rows 3 d_model apart.
+//   cross-attention: q [n, d_model] and kv [n_src, 2 d_model] (the encoder output projected once).
+//   KV cache:        kv [steps, 2 d_model] per sequence, the same layout as cross-attention's kv.
+// Padded keys need no mask: a sequence's view simply ends at its length. Causal attention limits
+// row i to keys [0, offset + i].
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <span>
+#include <string>
+
+#include "layers/linear.hpp"
+#include "workspace.hpp"
+#include "ops.hpp"
+#include "threads.hpp"
+
+namespace eigenformer {
+
+/// The four tensors of an nn.MultiheadAttention with d_model = embed_dim.
+template <class Scalar>
+struct attention_weights {
+  linear_layer<Scalar> in_proj;   // weight [3 d_model, d_model], bias [3 d_model]
+  linear_layer<Scalar> out_proj;  // weight [d_model, d_model], bias [d_model]
+  index_t n_heads = 1;
+
+  static attention_weights load(weight_map<Scalar>& w, const std::string& scope, index_t d_model, index_t n_heads) {
+    attention_weights a;
+    a.in_proj.weight = w.take(scope + ".in_proj_weight", {3 * d_model, d_model});
+    a.in_proj.bias = w.take(scope + ".in_proj_bias", {3 * d_model});
+    a.out_proj = linear_layer<Scalar>::load(w, scope + ".out_proj", d_model, d_model);
+    a.n_heads = n_heads;
+    return a;
+  }
+
+  index_t d_model() const noexcept { return out_proj.weight.dim(0); }
+  index_t d_head() const noexcept { return d_model() / n_heads; }
+  index_t parameter_count() const noexcept { return in_proj.parameter_count() + out_proj.parameter_count(); }
+
+  /// The query projection alone: rows [0, d_model) of in_proj (a view, not a copy).
+  const_matrix_view<Scalar> q_weight() const noexcept { return make_view(in_proj.weight.data(), d_model(), d_model()); }
+  std::span<const Scalar> q_bias() const noexcept { return in_proj.bias.values().subspan(0, static_cast<std::size_t>(d_model())); }
+  /// The key and value projections: rows [d_model, 3 d_model) of in_proj.
+  const_matrix_view<Scalar> kv_weight() const noexcept {
+    return make_view(in_proj.weight.data() + d_model() * d_model(), 2 * d_model(), d_model());
+  }
+  std::span<const Scalar> kv_bias() const noexcept {
+    return in_proj.bias.values().subspan(static_cast<std::size_t>(d_model()), static_cast<std::size_t>(2 * d_model()));
+  }
+};
+
+/// One head of scaled dot-product attention for one sequence:
+///   out [Tq, d_head] = softmax(q k^T / sqrt(d_head)) v, q [Tq, d_head], k, v [Tk, d_head].
+/// Row i attends to keys [0, Tk), or [0, min(Tk, q_offset + i + 1)) when causal.
+/// `scores` is scratch of at least Tq * Tk elements.
+template <class Scalar>
+void attend_head(const_matrix_view<Scalar> q, const_matrix_view<Scalar> k, const_matrix_view<Scalar> v,
+                 matrix_view<Scalar> out, bool causal, index_t q_offset, Scalar* scores) {
+  const index_t tq = q.rows(), tk = k.rows();
+  auto s = make_view(scores, tq, tk);
+  const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(q.cols()));
+  s.noalias() = (q * scale) * k.transpose();  // PyTorch scales q before the product
+  if (causal) {
+    for (index_t i = 0; i < tq; ++i) softmax_rows(s.row(i), std::min(tk, q_offset + i + 1));
+  } else {
+    softmax_rows(s);
+  }
+  out.noalias() = s * v;
+}
+
+namespace detail {
+
+/// Runs `head(b, h, scratch)` for every sequence b and head h, in parallel when the work is worth
+/// it. Each thread gets its own `per_task` scratch elements inside ws.scores.
+template <class Scalar, class Head>
+void for_each_head(index_t batch, index_t n_heads, index_t per_task, double flops, tensor<Scalar>& scores, Head&& head) {
+  const index_t tasks = batch * n_heads;
+  const int threads = (flops > 2e5 && tasks > 1) ? static_cast<int>(std::min<index_t>(num_threads(), tasks)) : 1;
+  scores.resize({std::max<index_t>(1, threads * std::max<index_t>(per_task, 1))});
+  Scalar* base = scores.data();
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
+#endif
+  for (index_t task = 0; task < tasks; ++task) {
+#if defined(_OPENMP)
+    const index_t thread = omp_get_thread_num();
+#else
+    const index_t thread = 0;
+#endif
+    head(task / n_heads, task % n_heads, base + thread * per_task);
+  }
+}
+
+}  // namespace detail
+
+/// Self-attention over packed sequences: x [n, d_model] -> out [n, d_model] (out_proj applied).
+/// Row r of sequence b attends to the rows of b (causally when `causal`).
+template <class Scalar, class X, class Y>
+void self_attention(const attention_weights<Scalar>& w, const Eigen::MatrixBase<X>& x, std::span<const index_t> offsets,
+                    bool causal, const Eigen::MatrixBase<Y>& out, workspace<Scalar>& ws) {
+  const index_t n = x.rows(), d = w.d_model(), dh = w.d_head(), batch = static_cast<index_t>(offsets.size()) - 1;
+  ws.qkv.resize({n, 3 * d});
+  ws.ctx.resize({n, d});
+  w.in_proj(x, ws.qkv.matrix());
+  index_t longest = 0;
+  double flops = 0;
+  for (index_t b = 0; b < batch; ++b) {
+    const index_t len = offsets[static_cast<std::size_t>(b) + 1] - offsets[static_cast<std::size_t>(b)];
+    longest = std::max(longest, len);
+    flops += 4.0 * double(len) * double(len) * double(d);
+  }
+  const Scalar* qkv = ws.qkv.data();
+  Scalar* ctx = ws.ctx.data();
+  detail::for_each_head(batch, w.n_heads, longest * longest, flops, ws.scores, [&](index_t b, index_t h, Scalar* scratch) {
+    const index_t row = offsets[static_cast<std::size_t>(b)];
+    const index_t len = offsets[static_cast<std::size_t>(b) + 1] - row;
+    if (len == 0) return;
+    const Scalar* base = qkv + row * 3 * d + h * dh;
+    attend_head<Scalar>(make_view(base, len, dh, 3 * d), make_view(base + d, len, dh, 3 * d),
+                        make_view(base + 2 * d, len, dh, 3 * d), make_view(ctx + row * d + h * dh, len, dh, d), causal,
+                        0, scratch);
+  });
+  w.out_proj(ws.ctx.matrix(), out);
+}
+
+/// The cross-attention keys and values of packed encoder output: kv [n_src, 2 d_model] =
+/// memory [n_src, d_model] W_kv^T + b_kv. Computed once per source, reused at every decoder step.
+template <class Scalar, class M, class KV>
+void cross_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBase<M>& memory, const Eigen::MatrixBase<KV>& kv) {
+  linear(memory, w.kv_weight(), w.kv_bias(), kv);
+}
+
+/// Attention of packed queries x [n, d_model] (sequence b: rows q_offsets[b]..q_offsets[b+1]) over
+/// keys and values kv [*, 2 d_model] (sequence b: rows kv_offsets[b] .. kv_offsets[b] + kv_lengths[b]).
+/// With `causal`, query i of sequence b sees keys [0, q_positions[b] + i]; otherwise all of them.
+/// This one function serves cross-attention (kv = projected encoder output) and cached
+/// self-attention (kv = the KV cache), so both run the same kernel. out [n, d_model].
+template <class Scalar, class X, class Y>
+void attention_over_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBase<X>& x, std::span<const index_t> q_offsets,
+                       const Scalar* kv, index_t kv_stride, std::span<const index_t> kv_offsets,
+                       std::span<const index_t> kv_lengths, bool causal, std::span<const index_t> q_positions,
+                       const Eigen::MatrixBase<Y>& out, workspace<Scalar>& ws) {
+  const index_t n = x.rows(), d = w.d_model(), dh = w.d_head(), batch = static_cast<index_t>(q_offsets.size()) - 1;
+  ws.q.resize({n, d});
+  ws.ctx.resize({n, d});
+  linear(x, w.q_weight(), w.q_bias(), ws.q.matrix());
+  index_t per_task = 0;
+  double flops = 0;
+  for (index_t b = 0; b < batch; ++b) {
+    const index_t tq = q_offsets[static_cast<std::size_t>(b) + 1] - q_offsets[static_cast<std::size_t>(b)];
+    per_task = std::max(per_task, tq * kv_lengths[static_cast<std::size_t>(b)]);
+    flops += 4.0 * double(tq) * double(kv_lengths[static_cast<std::size_t>(b)]) * double(d);
+  }
+  const Scalar* q = ws.q.data();
+  Scalar* ctx = ws.ctx.data();
+  detail::for_each_head(batch, w.n_heads, per_task, flops, ws.scores, [&](index_t b, index_t h, Scalar* scratch) {
+    const index_t row = q_offsets[static_cast<std::size_t>(b)];
+    const index_t tq = q_offsets[static_cast<std::size_t>(b) + 1] - row;
+    const index_t tk = kv_lengths[static_cast<std::size_t>(b)];
+    if (tq == 0) return;
+    const Scalar* k = kv + kv_offsets[static_cast<std::size_t>(b)] * kv_stride + h * dh;
+    attend_head<Scalar>(make_view(q + row * d + h * dh, tq, dh, d), make_view(k, tk, dh, kv_stride),
+                        make_view(k + d, tk, dh, kv_stride), make_view(ctx + row * d + h * dh, tq, dh, d), causal,
+                        causal ? q_positions[static_cast<std::size_t>(b)] : 0, scratch);
+  });
+  w.out_proj(ws.ctx.matrix(), out);
+}
+
+}  // namespace eigenformer

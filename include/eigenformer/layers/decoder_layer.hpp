@@ -1,0 +1,90 @@
+// eigenformer/layers/decoder_layer.hpp: nn.TransformerDecoderLayer (shared/spec/model-format.md):
+//   post-LN: x = norm1(x + SA(x)); x = norm2(x + CA(x, memory)); x = norm3(x + FF(x))
+//   pre-LN:  x = x + SA(norm1(x)); x = x + CA(norm2(x), memory); x = x + FF(norm3(x))
+// SA is causal. The same forward serves teacher forcing (SA over the packed target rows) and
+// incremental decoding (SA over the KV cache): only the self-attention keys differ.
+#pragma once
+
+#include <span>
+#include <string>
+
+#include "../attention.hpp"
+#include "../config.hpp"
+#include "feed_forward.hpp"
+
+namespace eigenformer {
+
+/// Where cross-attention finds the encoder's keys and values: kv [n_src, 2 d_model] packed by
+/// source sequence; query sequence b reads rows offsets[b] .. offsets[b] + lengths[b].
+template <class Scalar>
+struct kv_source {
+  const Scalar* kv = nullptr;
+  index_t stride = 0;                 // elements between consecutive key rows (2 d_model)
+  std::span<const index_t> offsets;   // first key row of each query sequence
+  std::span<const index_t> lengths;   // key rows of each query sequence
+};
+
+template <class Scalar>
+struct decoder_layer {
+  attention_weights<Scalar> self_attn;
+  attention_weights<Scalar> cross_attn;  // "multihead_attn" in PyTorch
+  feed_forward<Scalar> ff;
+  layer_norm_layer<Scalar> norm1, norm2, norm3;
+  bool norm_first = false;
+
+  static decoder_layer load(weight_map<Scalar>& w, const std::string& scope, const model_config& c) {
+    decoder_layer l;
+    l.self_attn = attention_weights<Scalar>::load(w, scope + ".self_attn", c.d_model, c.n_heads);
+    l.cross_attn = attention_weights<Scalar>::load(w, scope + ".multihead_attn", c.d_model, c.n_heads);
+    l.ff = feed_forward<Scalar>::load(w, scope, c.d_model, c.d_ff, c.activation_kind);
+    l.norm1 = layer_norm_layer<Scalar>::load(w, scope + ".norm1", c.d_model, c.layer_norm_eps);
+    l.norm2 = layer_norm_layer<Scalar>::load(w, scope + ".norm2", c.d_model, c.layer_norm_eps);
+    l.norm3 = layer_norm_layer<Scalar>::load(w, scope + ".norm3", c.d_model, c.layer_norm_eps);
+    l.norm_first = c.norm_first;
+    return l;
+  }
+
+  index_t parameter_count() const noexcept {
+    return self_attn.parameter_count() + cross_attn.parameter_count() + ff.parameter_count() +
+           norm1.parameter_count() + norm2.parameter_count() + norm3.parameter_count();
+  }
+
+  /// x [n, d_model] in place. `self_attention_fn(input, out)` computes the causal self-attention
+  /// sublayer (teacher forcing or cached); `memory` gives the cross-attention keys and values.
+  template <class SelfAttention>
+  void forward(matrix_view<Scalar> x, std::span<const index_t> offsets, const kv_source<Scalar>& memory,
+               SelfAttention&& self_attention_fn, workspace<Scalar>& ws) const {
+    const index_t n = x.rows(), d = x.cols();
+    ws.sub.resize({n, d});
+    ws.normed.resize({n, d});
+    auto sub = ws.sub.matrix();
+    auto normed = ws.normed.matrix();
+    auto cross = [&](const auto& input) {
+      attention_over_kv(cross_attn, input, offsets, memory.kv, memory.stride, memory.offsets, memory.lengths, false,
+                        std::span<const index_t>{}, sub, ws);
+    };
+    if (norm_first) {
+      norm1(x, normed);
+      self_attention_fn(normed, sub);
+      x += sub;
+      norm2(x, normed);
+      cross(normed);
+      x += sub;
+      norm3(x, normed);
+      ff(normed, sub, ws);
+      x += sub;
+    } else {
+      self_attention_fn(x, sub);
+      x += sub;
+      norm1(x, x);
+      cross(x);
+      x += sub;
+      norm2(x, x);
+      ff(x, sub, ws);
+      x += sub;
+      norm3(x, x);
+    }
+  }
+};
+
+}  // namespace eigenformer

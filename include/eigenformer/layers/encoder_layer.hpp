@@ -1,0 +1,61 @@
+// eigenformer/layers/encoder_layer.hpp: nn.TransformerEncoderLayer (shared/spec/model-format.md):
+//   post-LN: x = norm1(x + SA(x));       x = norm2(x + FF(x))
+//   pre-LN:  x = x + SA(norm1(x));       x = x + FF(norm2(x))
+#pragma once
+
+#include <string>
+
+#include "../attention.hpp"
+#include "../config.hpp"
+#include "feed_forward.hpp"
+
+namespace eigenformer {
+
+template <class Scalar>
+struct encoder_layer {
+  attention_weights<Scalar> self_attn;
+  feed_forward<Scalar> ff;
+  layer_norm_layer<Scalar> norm1, norm2;
+  bool norm_first = false;
+
+  /// Takes the tensors of `scope` (e.g. "transformer.encoder.layers.0").
+  static encoder_layer load(weight_map<Scalar>& w, const std::string& scope, const model_config& c) {
+    encoder_layer l;
+    l.self_attn = attention_weights<Scalar>::load(w, scope + ".self_attn", c.d_model, c.n_heads);
+    l.ff = feed_forward<Scalar>::load(w, scope, c.d_model, c.d_ff, c.activation_kind);
+    l.norm1 = layer_norm_layer<Scalar>::load(w, scope + ".norm1", c.d_model, c.layer_norm_eps);
+    l.norm2 = layer_norm_layer<Scalar>::load(w, scope + ".norm2", c.d_model, c.layer_norm_eps);
+    l.norm_first = c.norm_first;
+    return l;
+  }
+
+  index_t parameter_count() const noexcept {
+    return self_attn.parameter_count() + ff.parameter_count() + norm1.parameter_count() + norm2.parameter_count();
+  }
+
+  /// x [n, d_model] in place; sequence b is rows offsets[b] .. offsets[b+1].
+  void forward(matrix_view<Scalar> x, std::span<const index_t> offsets, workspace<Scalar>& ws) const {
+    const index_t n = x.rows(), d = x.cols();
+    ws.sub.resize({n, d});
+    auto sub = ws.sub.matrix();
+    if (norm_first) {
+      ws.normed.resize({n, d});
+      auto normed = ws.normed.matrix();
+      norm1(x, normed);
+      self_attention(self_attn, normed, offsets, false, sub, ws);
+      x += sub;
+      norm2(x, normed);
+      ff(normed, sub, ws);
+      x += sub;
+    } else {
+      self_attention(self_attn, x, offsets, false, sub, ws);
+      x += sub;
+      norm1(x, x);
+      ff(x, sub, ws);
+      x += sub;
+      norm2(x, x);
+    }
+  }
+};
+
+}  // namespace eigenformer

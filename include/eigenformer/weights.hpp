@@ -1,0 +1,69 @@
+// eigenformer/weights.hpp: weight_map<Scalar>, named tensors on their way from a file into a model.
+//
+// The loader fills a weight_map with every tensor of the file; each layer's constructor take()s its
+// own tensors by full name ("transformer.decoder.layers.3.norm1.weight") with the shape it expects.
+// What is missing, shaped otherwise, or left over once the model is built is an error naming the
+// tensor and the file, so a model can never run on a partially matching checkpoint.
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "error.hpp"
+#include "tensor.hpp"
+
+namespace eigenformer {
+
+template <class Scalar>
+class weight_map {
+ public:
+  /// `source` names where the tensors come from (a file path) in error messages.
+  explicit weight_map(std::string source = "weights") : source_(std::move(source)) {}
+
+  const std::string& source() const noexcept { return source_; }
+
+  void insert(std::string name, tensor<Scalar> t) { tensors_.insert_or_assign(std::move(name), std::move(t)); }
+
+  bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
+
+  /// Removes and returns `name`; throws format_error if absent, shape_error if not `expected`.
+  tensor<Scalar> take(const std::string& name, const tensor_shape& expected) {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) throw format_error(source_ + ": tensor '" + name + "' is missing");
+    if (!(it->second.shape() == expected)) {
+      throw shape_error(source_ + ": tensor '" + name + "': shape " + it->second.shape().str() + ", expected " +
+                        expected.str());
+    }
+    tensor<Scalar> t = std::move(it->second);
+    tensors_.erase(it);
+    return t;
+  }
+
+  /// take() if present, else an empty tensor (optional tensors such as generator.bias).
+  tensor<Scalar> take_optional(const std::string& name, const tensor_shape& expected) {
+    return contains(name) ? take(name, expected) : tensor<Scalar>();
+  }
+
+  /// Names not taken yet.
+  std::vector<std::string> remaining() const {
+    std::vector<std::string> names;
+    for (const auto& [name, t] : tensors_) names.push_back(name);
+    return names;
+  }
+
+  /// Throws format_error naming the first tensor nobody took ("unexpected tensor").
+  void expect_empty() const {
+    if (!tensors_.empty()) {
+      throw format_error(source_ + ": unexpected tensor '" + tensors_.begin()->first + "' (" +
+                         std::to_string(tensors_.size()) + " tensor(s) not used by this configuration)");
+    }
+  }
+
+ private:
+  std::string source_;
+  std::map<std::string, tensor<Scalar>> tensors_;
+};
+
+}  // namespace eigenformer
