@@ -5,7 +5,8 @@
 
 #include <vector>
 
-#include "model_util.hpp"
+#include "support/random_model.hpp"
+#include "test_util.hpp"
 
 namespace ef = eigenformer;
 using ef::index_t;

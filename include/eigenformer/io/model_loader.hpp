@@ -1,0 +1,61 @@
+// eigenformer/io/model_loader.hpp: load_model<Scalar>(path), the one place that knows both the
+// file (io/safetensors.hpp) and the model (model.hpp).
+//
+//   auto m = eigenformer::load_model<float>("model.safetensors");
+//
+// Checks, in order, each failure a format_error or config_error starting with the path:
+// `__metadata__.format` is "eigenformer"; `__metadata__.config` parses as a model_config; every
+// tensor is stored as F32, F16, BF16 or F64; the model takes every tensor it needs with its exact
+// shape and no tensor is left over. Tensors are converted to Scalar once, here.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "../config.hpp"
+#include "../model.hpp"
+#include "../weights.hpp"
+#include "safetensors.hpp"
+
+namespace eigenformer {
+
+/// The config stored in an open model file.
+inline model_config read_config(const io::safetensors_file& file) {
+  const std::string where = file.path().string();
+  const auto& meta = file.metadata();
+  const auto format = meta.find("format");
+  if (format == meta.end()) {
+    throw format_error(where + ": __metadata__ has no 'format' entry, expected \"eigenformer\" (is this an eigenformer model file?)");
+  }
+  if (format->second != "eigenformer") {
+    throw format_error(where + ": __metadata__ 'format' is \"" + format->second + "\", expected \"eigenformer\"");
+  }
+  const auto config = meta.find("config");
+  if (config == meta.end()) throw format_error(where + ": __metadata__ has no 'config' entry");
+  return model_config::parse(config->second, where + ": config");
+}
+
+/// Every tensor of `file`, converted to Scalar, ready for the model to take.
+template <class Scalar>
+weight_map<Scalar> read_weights(const io::safetensors_file& file) {
+  weight_map<Scalar> weights(file.path().string());
+  for (const auto& info : file.tensors()) {
+    if (!io::is_float_dtype(info.type)) {
+      throw format_error(file.path().string() + ": tensor '" + info.name + "': dtype " +
+                         std::string(io::dtype_name(info.type)) + ", expected F32, F16, BF16 or F64");
+    }
+    weights.insert(info.name, file.read<Scalar>(info.name));
+  }
+  return weights;
+}
+
+/// Loads the model file at `path` (shared/spec/model-format.md) for inference in Scalar.
+template <class Scalar>
+model<Scalar> load_model(const std::filesystem::path& path) {
+  const io::safetensors_file file(path);
+  const model_config config = read_config(file);
+  weight_map<Scalar> weights = read_weights<Scalar>(file);
+  return model<Scalar>(config, weights);
+}
+
+}  // namespace eigenformer
