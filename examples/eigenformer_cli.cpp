@@ -1,9 +1,395 @@
-// The eigenformer command-line tool (shared/spec/cli.md). Placeholder until the model lands.
+// eigenformer: the command-line tool of shared/spec/cli.md.
+//
+//   eigenformer info     --model M
+//   eigenformer score    --model M --src-file S --tgt-file T --out O.npy [--batch-size B] [--threads N]
+//   eigenformer generate --model M --src-file S [--max-new-tokens N] [sampling options] [--beam-size K]
+//                        [--batch-size B] [--threads N]
+//   eigenformer sample   --logits L.npy --n N [sampling options]
+//   sampling options: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --seed S
+//
+// Token ids go in and out as text (one sequence a line, ids separated by spaces); arrays as
+// float32 .npy. Every error is one line on stderr naming the file, line, tensor or option at
+// fault, with exit status 1 (2 for a command-line mistake). Output files appear whole or not at all.
 #include <eigenformer/eigenformer.hpp>
 
+#include <charconv>
 #include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
 
-int main() {
-  std::printf("eigenformer %s\n", EIGENFORMER_VERSION_STRING);
+namespace ef = eigenformer;
+using ef::index_t;
+using ef::token_id;
+
+namespace {
+
+/// A mistake on the command line (exit status 2).
+struct usage_error : ef::error {
+  using ef::error::error;
+};
+
+const char* const usage_text =
+    "usage: eigenformer <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  info      --model M                                   print the config, parameter count and tensor dtypes\n"
+    "  score     --model M --src-file S --tgt-file T --out O.npy\n"
+    "                                                        teacher-forced log-probabilities [B, T_max, V]\n"
+    "  generate  --model M --src-file S                      decode every line of S, print one line of ids each\n"
+    "  sample    --logits L.npy --n N                        draw N tokens from logits [V], print V counts\n"
+    "\n"
+    "run 'eigenformer <command> --help' for the options of a command\n";
+
+const std::map<std::string, std::string> command_help = {
+    {"info",
+     "usage: eigenformer info --model M\n"
+     "  Prints the model's config, its parameter count and how many tensors are stored in each dtype.\n"},
+    {"score",
+     "usage: eigenformer score --model M --src-file S --tgt-file T --out O.npy [--batch-size B] [--threads N]\n"
+     "  Teacher forcing: line n of T is the decoder input for line n of S, used as given (no BOS added).\n"
+     "  Writes float32 log-probabilities [lines, longest T line, tgt_vocab_size]; positions past a line's end\n"
+     "  hold 0. All lines run as one padded batch unless --batch-size splits them (the same numbers, to float\n"
+     "  rounding).\n"
+     "  --threads N   threads to use (default: all cores)\n"},
+    {"generate",
+     "usage: eigenformer generate --model M --src-file S [options]\n"
+     "  Decodes every line of S from bos_id until eos_id (not printed) or --max-new-tokens, and prints one\n"
+     "  line of generated ids per source line, in order. Greedy unless a sampling option is given.\n"
+     "  --max-new-tokens N   default 128 (never more than the model's max_positions)\n"
+     "  --temperature T      0 = greedy\n"
+     "  --top-k K            keep the K most probable tokens (0 = off)\n"
+     "  --top-p P            keep the smallest set of most probable tokens with mass >= P, in (0, 1]\n"
+     "  --min-p P            keep tokens with probability >= P x the largest, in [0, 1]\n"
+     "  --seed S             same seed, same output (default 0)\n"
+     "  --beam-size K        beam search with K beams (no sampling options)\n"
+     "  --batch-size B       lines decoded together (default 32; the output does not depend on it)\n"
+     "  --threads N          threads to use (default: all cores)\n"
+     "  Sampling options apply in the order temperature, top-k, top-p, min-p, then a draw.\n"},
+    {"sample",
+     "usage: eigenformer sample --logits L.npy --n N [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]\n"
+     "  Applies the sampler chain to logits [V] (float32 or float64 .npy) and draws N tokens; prints one line\n"
+     "  of V counts. Options as for generate; --batch-size and --threads are accepted and have no effect.\n"},
+};
+
+const std::map<std::string, std::set<std::string>> command_options = {
+    {"info", {"model"}},
+    {"score", {"model", "src-file", "tgt-file", "out", "batch-size", "threads"}},
+    {"generate",
+     {"model", "src-file", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "seed", "beam-size", "batch-size",
+      "threads"}},
+    {"sample", {"logits", "n", "temperature", "top-k", "top-p", "min-p", "seed", "batch-size", "threads"}},
+};
+
+/// The options of one command: "--name value" pairs, each given at most once.
+class options {
+ public:
+  options(const std::string& command, int argc, char** argv) : command_(command) {
+    const auto& allowed = command_options.at(command);
+    for (int i = 2; i < argc; ++i) {
+      std::string arg = argv[i];
+      if (arg.rfind("--", 0) != 0) throw usage_error(command + ": unexpected argument '" + arg + "'");
+      std::string name = arg.substr(2), value;
+      if (const auto eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      } else {
+        if (!allowed.count(name)) throw usage_error(command + ": unknown option '--" + name + "'");
+        if (i + 1 >= argc) throw usage_error("--" + name + ": missing value");
+        value = argv[++i];
+      }
+      if (!allowed.count(name)) throw usage_error(command + ": unknown option '--" + name + "'");
+      if (!values_.emplace(name, value).second) throw usage_error("--" + name + ": given twice");
+    }
+  }
+
+  bool has(const std::string& name) const { return values_.count(name) != 0; }
+
+  std::string required(const std::string& name) const {
+    const auto it = values_.find(name);
+    if (it == values_.end()) throw usage_error(command_ + ": missing option --" + name + " (see --help)");
+    return it->second;
+  }
+
+  template <class T>
+  std::optional<T> number(const std::string& name) const {
+    const auto it = values_.find(name);
+    if (it == values_.end()) return std::nullopt;
+    const std::string& s = it->second;
+    T value{};
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+    if (ec != std::errc() || end != s.data() + s.size() || s.empty()) {
+      throw usage_error("--" + name + ": '" + s + "' is not " + (std::is_integral_v<T> ? "an integer" : "a number"));
+    }
+    if constexpr (std::is_floating_point_v<T>) {
+      if (!std::isfinite(value)) throw usage_error("--" + name + ": '" + s + "' is not a finite number");
+    }
+    return value;
+  }
+
+ private:
+  std::string command_;
+  std::map<std::string, std::string> values_;
+};
+
+/// Token ids of a text file: one sequence a line, ids separated by spaces or tabs.
+/// Errors name the file and line: "src.txt:3: 'x1' is not a token id".
+std::vector<std::vector<token_id>> read_token_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ef::error(path + ": cannot open");
+  std::vector<std::vector<token_id>> lines;
+  std::string line;
+  for (index_t number = 1; std::getline(in, line); ++number) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::vector<token_id> ids;
+    std::size_t i = 0;
+    while (i < line.size()) {
+      while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+      if (i == line.size()) break;
+      std::size_t j = i;
+      while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
+      token_id v = 0;
+      const auto [end, ec] = std::from_chars(line.data() + i, line.data() + j, v);
+      if (ec != std::errc() || end != line.data() + j) {
+        throw ef::format_error(path + ":" + std::to_string(number) + ": '" + line.substr(i, j - i) + "' is not a token id");
+      }
+      ids.push_back(v);
+      i = j;
+    }
+    lines.push_back(std::move(ids));
+  }
+  if (in.bad()) throw ef::error(path + ": read error");
+  return lines;
+}
+
+/// Checks every line against a vocabulary and the model's longest sequence, naming file and line.
+void check_lines(const std::string& path, const std::vector<std::vector<token_id>>& lines, index_t vocab, index_t longest,
+                 const char* side, bool allow_empty) {
+  for (std::size_t n = 0; n < lines.size(); ++n) {
+    const std::string where = path + ":" + std::to_string(n + 1) + ": ";
+    if (lines[n].empty() && !allow_empty) throw ef::format_error(where + "empty line, expected at least one token id");
+    if (static_cast<index_t>(lines[n].size()) > longest) {
+      throw ef::format_error(where + std::to_string(lines[n].size()) + " tokens, expected at most " + std::to_string(longest) +
+                             " (max_positions)");
+    }
+    for (token_id id : lines[n]) {
+      if (id < 0 || id >= vocab) {
+        throw ef::format_error(where + "token id " + std::to_string(id) + " outside the " + side + " vocabulary (0 to " +
+                               std::to_string(vocab - 1) + ")");
+      }
+    }
+  }
+}
+
+index_t usable_positions(const ef::model_config& c) {
+  return c.positional == ef::positional_encoding::learned ? c.max_positions - c.position_offset : c.max_positions;
+}
+
+void apply_threads(const options& o) {
+  if (const auto n = o.number<int>("threads")) {
+    if (*n < 1) throw usage_error("--threads: " + std::to_string(*n) + ", expected 1 or more");
+    ef::set_num_threads(*n);
+  }
+}
+
+index_t batch_size(const options& o, index_t fallback) {
+  const auto b = o.number<index_t>("batch-size");
+  if (b && *b < 1) throw usage_error("--batch-size: " + std::to_string(*b) + ", expected 1 or more");
+  return b ? *b : fallback;
+}
+
+/// The sampler chain of the command line, or nullopt for greedy. Option errors name the option.
+std::optional<ef::chain> sampler_chain(const options& o) {
+  ef::sampling_options s;
+  s.temperature = o.number<float>("temperature");
+  s.top_k = o.number<index_t>("top-k");
+  s.top_p = o.number<float>("top-p");
+  s.min_p = o.number<float>("min-p");
+  if (const auto seed = o.number<std::uint64_t>("seed")) s.seed = *seed;
+  try {
+    auto chain = ef::make_chain(s);
+    if (s.greedy()) return std::nullopt;
+    return chain;
+  } catch (const ef::invalid_argument& e) {
+    // The library names options as in code (top_p); the tool's user typed --top-p.
+    std::string msg = e.what();
+    const auto colon = msg.find(':');
+    std::string name = msg.substr(0, colon);
+    for (auto& ch : name)
+      if (ch == '_') ch = '-';
+    throw usage_error("--" + name + msg.substr(colon));
+  }
+}
+
+int run_info(const options& o) {
+  const std::string path = o.required("model");
+  const ef::io::safetensors_file file(path);
+  const auto config = ef::read_config(file);
+  auto weights = ef::read_weights<float>(file);
+  const ef::model<float> m(config, weights);
+  std::map<std::string, index_t> dtypes;
+  for (const auto& t : file.tensors()) ++dtypes[std::string(ef::io::dtype_name(t.type))];
+  std::cout << "model: " << path << "\n";
+  std::cout << "config: " << config.to_json().dump(2) << "\n";
+  std::cout << "parameters: " << m.parameter_count() << "\n";
+  std::cout << "tensors: " << file.tensors().size() << " (";
+  bool first = true;
+  for (const auto& [name, count] : dtypes) {
+    std::cout << (first ? "" : ", ") << name << ": " << count;
+    first = false;
+  }
+  std::cout << ")\n";
+  for (const auto& t : file.tensors()) {
+    std::cout << "  " << t.name << " " << ef::io::dtype_name(t.type) << " " << ef::shape_string(t.shape) << "\n";
+  }
   return 0;
+}
+
+int run_score(const options& o) {
+  const std::string model_path = o.required("model"), src_path = o.required("src-file"), tgt_path = o.required("tgt-file"),
+                    out_path = o.required("out");
+  apply_threads(o);
+  const auto src = read_token_file(src_path);
+  const auto tgt = read_token_file(tgt_path);
+  if (src.size() != tgt.size()) {
+    throw ef::format_error(tgt_path + ": " + std::to_string(tgt.size()) + " lines, expected " + std::to_string(src.size()) +
+                           " (one per line of " + src_path + ")");
+  }
+  const auto m = ef::load_model<float>(model_path);
+  const auto& c = m.config();
+  check_lines(src_path, src, c.src_vocab_size, usable_positions(c), "source", false);
+  check_lines(tgt_path, tgt, c.tgt_vocab_size, usable_positions(c), "target", true);
+  const index_t lines = static_cast<index_t>(src.size()), V = c.tgt_vocab_size;
+  index_t T = 0;
+  for (const auto& t : tgt) T = std::max<index_t>(T, static_cast<index_t>(t.size()));
+  ef::tensor<float> out({lines, T, V});  // zero-filled: positions past a line's end stay 0
+  const index_t B = batch_size(o, std::max<index_t>(lines, 1));
+  for (index_t first = 0; first < lines; first += B) {
+    const index_t n = std::min(B, lines - first);
+    const std::vector<std::vector<token_id>> s(src.begin() + first, src.begin() + first + n);
+    const std::vector<std::vector<token_id>> t(tgt.begin() + first, tgt.begin() + first + n);
+    const auto lp = m.score(ef::token_batch::from_sequences(s), ef::token_batch::from_sequences(t));
+    const index_t Tb = lp.dim(1);
+    for (index_t b = 0; b < n; ++b)
+      for (index_t p = 0; p < Tb; ++p)
+        std::copy_n(&lp(b, p, 0), V, &out(first + b, p, 0));
+  }
+  ef::io::write_npy(out_path, out);
+  return 0;
+}
+
+int run_generate(const options& o) {
+  const std::string model_path = o.required("model"), src_path = o.required("src-file");
+  apply_threads(o);
+  const auto chain = sampler_chain(o);
+  ef::generation_options g;
+  if (const auto n = o.number<index_t>("max-new-tokens")) {
+    if (*n < 1) throw usage_error("--max-new-tokens: " + std::to_string(*n) + ", expected 1 or more");
+    g.max_new_tokens = *n;
+  }
+  if (const auto k = o.number<index_t>("beam-size")) {
+    if (*k < 1) throw usage_error("--beam-size: " + std::to_string(*k) + ", expected 1 or more");
+    if (*k > 1 && chain) throw usage_error("--beam-size: beam search is deterministic, it takes no sampling option");
+    g.beam_size = *k;
+  }
+  if (const auto seed = o.number<std::uint64_t>("seed")) g.seed = *seed;
+  if (chain) g.sampler = &*chain;
+  const auto src = read_token_file(src_path);
+  const auto m = ef::load_model<float>(model_path);
+  const auto& c = m.config();
+  check_lines(src_path, src, c.src_vocab_size, usable_positions(c), "source", false);
+  const index_t lines = static_cast<index_t>(src.size());
+  const index_t B = batch_size(o, 32);
+  std::string text;
+  for (index_t first = 0; first < lines; first += B) {
+    const index_t n = std::min(B, lines - first);
+    const std::vector<std::vector<token_id>> s(src.begin() + first, src.begin() + first + n);
+    g.stream_offset = static_cast<std::uint64_t>(first);  // line i always draws from stream (seed, i)
+    const auto results = ef::generate(m, ef::token_batch::from_sequences(s), g);
+    text.clear();
+    for (const auto& r : results) {
+      for (std::size_t i = 0; i < r.tokens.size(); ++i) text += (i ? " " : "") + std::to_string(r.tokens[i]);
+      text += '\n';
+    }
+    std::fwrite(text.data(), 1, text.size(), stdout);
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+int run_sample(const options& o) {
+  const std::string logits_path = o.required("logits");
+  const auto n = o.number<index_t>("n");
+  if (!n) throw usage_error("sample: missing option --n (see --help)");
+  if (*n < 0) throw usage_error("--n: " + std::to_string(*n) + ", expected 0 or more");
+  apply_threads(o);
+  batch_size(o, 1);
+  auto chain = sampler_chain(o);
+  const auto logits = ef::io::read_npy<float>(logits_path);
+  if (logits.rank() != 1) {
+    throw ef::format_error(logits_path + ": shape " + logits.shape().str() + ", expected [V] (one row of logits)");
+  }
+  const index_t V = logits.size();
+  ef::chain greedy_chain;
+  greedy_chain.add(ef::greedy());
+  ef::sampler& s = chain ? static_cast<ef::sampler&>(*chain) : greedy_chain;
+  ef::candidates buffer(V);
+  auto ctx = ef::sampling_context::for_sequence(o.number<std::uint64_t>("seed").value_or(0), 0);
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(V), 0);
+  for (index_t i = 0; i < *n; ++i) {
+    const token_id t = ef::sample(s, logits.values(), buffer, ctx);
+    ++counts[static_cast<std::size_t>(t)];
+  }
+  std::string text;
+  for (index_t v = 0; v < V; ++v) text += (v ? " " : "") + std::to_string(counts[static_cast<std::size_t>(v)]);
+  text += '\n';
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << usage_text;
+    return 2;
+  }
+  const std::string command = argv[1];
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::cout << usage_text;
+    return 0;
+  }
+  if (command == "--version") {
+    std::cout << "eigenformer " << EIGENFORMER_VERSION_STRING << "\n";
+    return 0;
+  }
+  if (!command_options.count(command)) {
+    std::cerr << "eigenformer: unknown command '" << command << "' (expected info, score, generate or sample)\n";
+    return 2;
+  }
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::cout << command_help.at(command);
+      return 0;
+    }
+  }
+  try {
+    const options o(command, argc, argv);
+    if (command == "info") return run_info(o);
+    if (command == "score") return run_score(o);
+    if (command == "generate") return run_generate(o);
+    return run_sample(o);
+  } catch (const usage_error& e) {
+    std::cerr << "eigenformer " << command << ": " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "eigenformer " << command << ": " << e.what() << "\n";
+    return 1;
+  }
 }

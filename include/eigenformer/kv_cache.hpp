@@ -3,7 +3,8 @@
 // Per decoder layer it holds the self-attention keys and values of every token generated so far
 // (preallocated for the whole generation: a step never reallocates) and the cross-attention keys
 // and values, computed once from the encoder output. It also owns the scratch buffers of a step,
-// so that decoding allocates nothing after its first step.
+// so that decoding allocates nothing after its first step, and the caller's mixture-of-experts
+// options for the steps (moe(): gate noise and router statistics; default: noise off, no statistics).
 //
 // Slots: one per hypothesis being decoded (batch x beams). Slot s reads the encoder output of
 // source slot_source[s] and has consumed steps[s] tokens. reorder() lets beam search make slot i
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "error.hpp"
+#include "moe_runtime.hpp"
 #include "workspace.hpp"
 #include "tensor.hpp"
 
@@ -95,6 +97,11 @@ class kv_cache {
     reorder_vector(slot_source_, parents);
   }
 
+  /// Mixture-of-experts options of the following decode steps: the noisy_top_k noise source and
+  /// where the router statistics go (both caller-owned; null: off). reset() leaves them alone.
+  moe_runtime& moe() noexcept { return moe_; }
+  const moe_runtime& moe() const noexcept { return moe_; }
+
   // ---- used by model::start_decoding and model::decode_step ----
   tensor<Scalar>& self_kv(index_t layer) { return self_kv_[static_cast<std::size_t>(layer)]; }
   tensor<Scalar>& cross_kv(index_t layer) { return cross_kv_[static_cast<std::size_t>(layer)]; }
@@ -125,6 +132,7 @@ class kv_cache {
   }
 
   index_t n_slots_ = 0, capacity_ = 0, d_model_ = 0;
+  moe_runtime moe_;
   std::vector<tensor<Scalar>> self_kv_, spare_, cross_kv_;
   std::vector<index_t> src_offsets_, src_lengths_, slot_source_, steps_, scratch_;
   // step scratch

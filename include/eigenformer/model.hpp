@@ -7,7 +7,10 @@
 //   start_decoding / decode_step: incremental decoding over a caller-owned kv_cache
 //
 // A model is immutable once built and safe to share between threads: every buffer a call needs
-// lives in that call (or in the caller's kv_cache), never in the model.
+// lives in that call (or in the caller's kv_cache), never in the model. So does the per-call state
+// of mixture-of-experts layers (moe_runtime.hpp: gate noise, router statistics): encode, decode
+// and score take a moe_runtime (default: noise off, no statistics); decode_step reads cache.moe(),
+// each slot being a sequence of its own for the noise (sequence id = slot, position = its step).
 #pragma once
 
 #include <cmath>
@@ -24,6 +27,7 @@
 #include "kv_cache.hpp"
 #include "layers/decoder_layer.hpp"
 #include "layers/encoder_layer.hpp"
+#include "moe_runtime.hpp"
 #include "positional.hpp"
 #include "weights.hpp"
 
@@ -50,23 +54,25 @@ class model {
   const model_config& config() const noexcept { return config_; }
   index_t parameter_count() const noexcept { return parameters_; }
 
-  encoder_output<Scalar> encode(const token_batch& src) const;
+  /// `moe` (here and below): the caller's gate noise and router statistics for MoE layers.
+  encoder_output<Scalar> encode(const token_batch& src, const moe_runtime& moe = {}) const;
   /// Teacher forcing: packed decoder output [tgt.total(), d_model] (after the final norm).
-  tensor<Scalar> decode(const encoder_output<Scalar>& memory, const token_batch& tgt) const;
+  tensor<Scalar> decode(const encoder_output<Scalar>& memory, const token_batch& tgt, const moe_runtime& moe = {}) const;
   /// out [n, tgt_vocab] = log_softmax(generator(hidden [n, d_model])).
   void log_probs(const_matrix_view<Scalar> hidden, matrix_view<Scalar> out) const;
   /// Log-probabilities [batch, tgt.max_length(), tgt_vocab]; rows past a sequence's end are 0.
-  tensor<Scalar> score(const token_batch& src, const token_batch& tgt) const;
+  tensor<Scalar> score(const token_batch& src, const token_batch& tgt, const moe_runtime& moe = {}) const;
 
   /// Prepares `cache` to decode `slots_per_source` hypotheses of every source of `memory`, each up
   /// to `max_steps` tokens: computes the cross-attention keys and values once.
   void start_decoding(const encoder_output<Scalar>& memory, index_t slots_per_source, index_t max_steps,
                       kv_cache<Scalar>& cache) const;
   /// Feeds tokens[i] to slot slots[i] (distinct slots) and writes the next-token
-  /// log-probabilities of each to log_probs [slots.size(), tgt_vocab]. Allocates nothing once
-  /// the cache has served one step of this size.
+  /// log-probabilities of each to out [slots.size(), tgt_vocab], or the raw logits (the generator's
+  /// output before log_softmax) when `raw_logits`, which samplers such as the repetition penalty
+  /// need. Allocates nothing once the cache has served one step of this size.
   void decode_step(kv_cache<Scalar>& cache, std::span<const index_t> slots, std::span<const token_id> tokens,
-                   matrix_view<Scalar> log_probs) const;
+                   matrix_view<Scalar> out, bool raw_logits = false) const;
 
   /// The output projection [tgt_vocab, d_model] (generator.weight, or tgt_embed.weight if tied).
   const tensor<Scalar>& output_weight() const noexcept {
@@ -115,11 +121,11 @@ model<Scalar>::model(const model_config& config, weight_map<Scalar>& w) : config
     src_pos_ = sinusoidal_table<Scalar>(c.max_positions, d, c.sinusoidal, c.position_offset);
   }
   for (index_t i = 0; i < c.n_encoder_layers; ++i) {
-    encoder_.push_back(encoder_layer<Scalar>::load(w, "transformer.encoder.layers." + std::to_string(i), c));
+    encoder_.push_back(encoder_layer<Scalar>::load(w, "transformer.encoder.layers." + std::to_string(i), c, i));
     parameters_ += encoder_.back().parameter_count();
   }
   for (index_t i = 0; i < c.n_decoder_layers; ++i) {
-    decoder_.push_back(decoder_layer<Scalar>::load(w, "transformer.decoder.layers." + std::to_string(i), c));
+    decoder_.push_back(decoder_layer<Scalar>::load(w, "transformer.decoder.layers." + std::to_string(i), c, i));
     parameters_ += decoder_.back().parameter_count();
   }
   if (c.encoder_final_norm) {
@@ -173,7 +179,7 @@ void model<Scalar>::embed(side s, std::span<const token_id> tokens, index_t, ind
 }
 
 template <class Scalar>
-encoder_output<Scalar> model<Scalar>::encode(const token_batch& src) const {
+encoder_output<Scalar> model<Scalar>::encode(const token_batch& src, const moe_runtime& moe) const {
   check_batch(src, side::src);
   encoder_output<Scalar> out;
   out.offsets = src.offsets;
@@ -182,13 +188,15 @@ encoder_output<Scalar> model<Scalar>::encode(const token_batch& src) const {
     embed(side::src, src.sequence(b), b, 0, out.memory.data() + src.offsets[static_cast<std::size_t>(b)] * config_.d_model);
   }
   workspace<Scalar> ws;
+  ws.moe = &moe;
   for (const auto& layer : encoder_) layer.forward(out.memory.matrix(), out.offsets, ws);
   if (encoder_norm_) (*encoder_norm_)(out.memory.matrix(), out.memory.matrix());
   return out;
 }
 
 template <class Scalar>
-tensor<Scalar> model<Scalar>::decode(const encoder_output<Scalar>& memory, const token_batch& tgt) const {
+tensor<Scalar> model<Scalar>::decode(const encoder_output<Scalar>& memory, const token_batch& tgt,
+                                     const moe_runtime& moe) const {
   check_batch(tgt, side::tgt);
   if (tgt.size() != memory.batch()) {
     throw invalid_argument("decode: " + std::to_string(tgt.size()) + " target sequences for " +
@@ -200,6 +208,7 @@ tensor<Scalar> model<Scalar>::decode(const encoder_output<Scalar>& memory, const
   std::vector<index_t> src_lengths(static_cast<std::size_t>(memory.batch()));
   for (index_t b = 0; b < memory.batch(); ++b) src_lengths[static_cast<std::size_t>(b)] = memory.length(b);
   workspace<Scalar> ws;
+  ws.moe = &moe;
   tensor<Scalar> kv;  // [n_src, 2 d_model], one layer at a time
   for (const auto& layer : decoder_) {
     kv.resize({memory.memory.dim(0), 2 * d});
@@ -220,13 +229,13 @@ void model<Scalar>::log_probs(const_matrix_view<Scalar> hidden, matrix_view<Scal
 }
 
 template <class Scalar>
-tensor<Scalar> model<Scalar>::score(const token_batch& src, const token_batch& tgt) const {
+tensor<Scalar> model<Scalar>::score(const token_batch& src, const token_batch& tgt, const moe_runtime& moe) const {
   if (src.size() != tgt.size()) {
     throw invalid_argument("score: " + std::to_string(src.size()) + " source and " + std::to_string(tgt.size()) +
                            " target sequences, expected as many of each");
   }
-  const auto memory = encode(src);
-  const auto hidden = decode(memory, tgt);
+  const auto memory = encode(src, moe);
+  const auto hidden = decode(memory, tgt, moe);
   const index_t V = config_.tgt_vocab_size, T = tgt.max_length();
   tensor<Scalar> packed({tgt.total(), V});
   log_probs(std::as_const(hidden).matrix(), packed.matrix());
@@ -262,11 +271,16 @@ void model<Scalar>::start_decoding(const encoder_output<Scalar>& memory, index_t
   cache.src_lengths().resize(static_cast<std::size_t>(batch));
   for (index_t b = 0; b < batch; ++b) cache.src_lengths()[static_cast<std::size_t>(b)] = memory.length(b);
   for (index_t s = 0; s < batch * slots_per_source; ++s) cache.slot_source()[static_cast<std::size_t>(s)] = s / slots_per_source;
+  // Attention scratch for the longest step: one query row per slot against at most max_steps
+  // cached keys or the longest source, per thread. Sized now so that steps never allocate.
+  index_t longest_source = 0;
+  for (index_t b = 0; b < batch; ++b) longest_source = std::max(longest_source, memory.length(b));
+  cache.ws().scores.resize({std::max<index_t>(1, num_threads() * std::max(max_steps, longest_source))});
 }
 
 template <class Scalar>
 void model<Scalar>::decode_step(kv_cache<Scalar>& cache, std::span<const index_t> slots, std::span<const token_id> tokens,
-                                matrix_view<Scalar> log_probs_out) const {
+                                matrix_view<Scalar> log_probs_out, bool raw_logits) const {
   const index_t n = static_cast<index_t>(slots.size()), d = config_.d_model, cap = cache.capacity();
   if (static_cast<index_t>(tokens.size()) != n) {
     throw invalid_argument("decode_step: " + std::to_string(tokens.size()) + " tokens for " + std::to_string(n) + " slots");
@@ -281,7 +295,9 @@ void model<Scalar>::decode_step(kv_cache<Scalar>& cache, std::span<const index_t
   auto& kv_lengths = cache.kv_lengths();
   auto& src_offsets = cache.src_offsets_step();
   auto& src_lengths = cache.src_lengths_step();
+  auto& positions = cache.positions();
   slot_offsets.clear();
+  positions.clear();
   kv_offsets.clear();
   kv_lengths.clear();
   src_offsets.clear();
@@ -303,12 +319,16 @@ void model<Scalar>::decode_step(kv_cache<Scalar>& cache, std::span<const index_t
     slot_offsets.push_back(i);
     kv_offsets.push_back(s * cap);
     kv_lengths.push_back(t + 1);
+    positions.push_back(t);
     const index_t src = cache.source(s);
     src_offsets.push_back(cache.src_offsets()[static_cast<std::size_t>(src)]);
     src_lengths.push_back(cache.src_lengths()[static_cast<std::size_t>(src)]);
   }
   slot_offsets.push_back(n);
   auto& ws = cache.ws();
+  ws.moe = &cache.moe();  // MoE rows: one per slot, sequence id = slot, at position = its step
+  ws.sequence_ids = slots;
+  ws.first_positions = positions;
   for (std::size_t l = 0; l < decoder_.size(); ++l) {
     const auto& layer = decoder_[l];
     Scalar* self_kv = cache.self_kv(static_cast<index_t>(l)).data();
@@ -327,7 +347,8 @@ void model<Scalar>::decode_step(kv_cache<Scalar>& cache, std::span<const index_t
     layer.forward(x.matrix(), slot_offsets, mem, cached_self_attention, ws);
   }
   if (decoder_norm_) (*decoder_norm_)(x.matrix(), x.matrix());
-  log_probs(std::as_const(x).matrix(), log_probs_out);
+  linear(std::as_const(x).matrix(), output_weight().matrix(), generator_.bias.values(), log_probs_out);
+  if (!raw_logits) log_softmax_rows(log_probs_out);
   for (index_t i = 0; i < n; ++i) ++step[static_cast<std::size_t>(slots[static_cast<std::size_t>(i)])];
 }
 

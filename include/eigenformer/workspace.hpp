@@ -4,9 +4,32 @@
 // grow, so a workspace reused across decode steps stops allocating after the first step.
 #pragma once
 
+#include <span>
+#include <vector>
+
+#include "moe_runtime.hpp"
 #include "tensor.hpp"
 
 namespace eigenformer {
+
+/// Scratch of a mixture-of-experts layer (layers/moe.hpp). n tokens, E experts, k experts per
+/// token (k = E for the softmax gate), m = n k routed rows.
+template <class Scalar>
+struct moe_scratch {
+  tensor<Scalar> logits;         // [n, E]     gate logits h (noise added)
+  tensor<Scalar> noise_logits;   // [n, E]     softplus(x Wn^T) (noisy_top_k with noise on)
+  std::vector<double> eps;       // [n * E]    the noise source's eps
+  std::vector<index_t> choice;   // [n * k]    chosen experts per token, slot order
+  tensor<Scalar> weight;         // [n * k]    gate weight per (token, slot)
+  std::vector<index_t> starts;   // [E + 1]    first routed row of each expert (counting sort)
+  std::vector<index_t> cursor;   // [E]
+  std::vector<index_t> row_token;  // [m]      token of each routed row
+  std::vector<index_t> slot_row;   // [n * k]  routed row of each (token, slot)
+  std::vector<index_t> active;     // experts with at least one row
+  tensor<Scalar> gathered;       // [m, d_model]  the rows of each expert, contiguous
+  tensor<Scalar> hidden;         // [m, d_ff]
+  tensor<Scalar> expert_out;     // [m, d_model]
+};
 
 template <class Scalar>
 struct workspace {
@@ -17,6 +40,14 @@ struct workspace {
   tensor<Scalar> normed;  // [n, d_model]      pre-LN: the normalised sublayer input
   tensor<Scalar> hidden;  // [n, d_ff]         feed-forward activations
   tensor<Scalar> scores;  // [threads, Tq * Tk] attention probabilities, one block per thread
+
+  // Mixture-of-experts layers: the caller's runtime options for this pass (null: noise off, no
+  // statistics) and who the packed sequences are (moe_rows: empty spans mean batch index b,
+  // starting at position 0).
+  const moe_runtime* moe = nullptr;
+  std::span<const index_t> sequence_ids;
+  std::span<const index_t> first_positions;
+  moe_scratch<Scalar> moe_buf;
 };
 
 }  // namespace eigenformer

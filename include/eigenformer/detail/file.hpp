@@ -107,7 +107,9 @@ class atomic_file_writer {
     const std::filesystem::path dir = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
     // O_EXCL makes the name ours even with concurrent writers (threads or processes); mode 0666 is
     // narrowed by the umask like any newly created file.
-    const std::string stem = "." + target_.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-";
+    std::string stem = ".";  // built with += : GCC 12 warns falsely (-Wrestrict) on "." + std::string
+    stem += target_.filename().string();
+    stem += ".tmp-" + std::to_string(::getpid()) + "-";
     for (int attempt = 0; fd_ < 0; ++attempt) {
       temp_ = dir / (stem + std::to_string(attempt));
       fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);

@@ -1,7 +1,8 @@
 // eigenformer/layers/decoder_layer.hpp: nn.TransformerDecoderLayer (shared/spec/model-format.md):
 //   post-LN: x = norm1(x + SA(x)); x = norm2(x + CA(x, memory)); x = norm3(x + FF(x))
 //   pre-LN:  x = x + SA(norm1(x)); x = x + CA(norm2(x), memory); x = x + FF(norm3(x))
-// SA is causal. The same forward serves teacher forcing (SA over the packed target rows) and
+// SA is causal; FF is the dense feed-forward block or, for the layers config.moe lists, a mixture
+// of experts. The same forward serves teacher forcing (SA over the packed target rows) and
 // incremental decoding (SA over the KV cache): only the self-attention keys differ.
 #pragma once
 
@@ -11,6 +12,7 @@
 #include "../attention.hpp"
 #include "../config.hpp"
 #include "feed_forward.hpp"
+#include "moe.hpp"
 
 namespace eigenformer {
 
@@ -28,15 +30,16 @@ template <class Scalar>
 struct decoder_layer {
   attention_weights<Scalar> self_attn;
   attention_weights<Scalar> cross_attn;  // "multihead_attn" in PyTorch
-  feed_forward<Scalar> ff;
+  feed_forward_block<Scalar> ff;         // dense, or mixture of experts
   layer_norm_layer<Scalar> norm1, norm2, norm3;
   bool norm_first = false;
 
-  static decoder_layer load(weight_map<Scalar>& w, const std::string& scope, const model_config& c) {
+  /// Takes the tensors of decoder layer `index`, named under `scope` (e.g. "transformer.decoder.layers.0").
+  static decoder_layer load(weight_map<Scalar>& w, const std::string& scope, const model_config& c, index_t index) {
     decoder_layer l;
     l.self_attn = attention_weights<Scalar>::load(w, scope + ".self_attn", c.d_model, c.n_heads);
     l.cross_attn = attention_weights<Scalar>::load(w, scope + ".multihead_attn", c.d_model, c.n_heads);
-    l.ff = feed_forward<Scalar>::load(w, scope, c.d_model, c.d_ff, c.activation_kind);
+    l.ff = feed_forward_block<Scalar>::load(w, scope, c, decoder_moe_id(c, index));
     l.norm1 = layer_norm_layer<Scalar>::load(w, scope + ".norm1", c.d_model, c.layer_norm_eps);
     l.norm2 = layer_norm_layer<Scalar>::load(w, scope + ".norm2", c.d_model, c.layer_norm_eps);
     l.norm3 = layer_norm_layer<Scalar>::load(w, scope + ".norm3", c.d_model, c.layer_norm_eps);
@@ -71,7 +74,7 @@ struct decoder_layer {
       cross(normed);
       x += sub;
       norm3(x, normed);
-      ff(normed, sub, ws);
+      ff(normed, sub, offsets, ws);
       x += sub;
     } else {
       self_attention_fn(x, sub);
@@ -80,7 +83,7 @@ struct decoder_layer {
       cross(x);
       x += sub;
       norm2(x, x);
-      ff(x, sub, ws);
+      ff(x, sub, offsets, ws);
       x += sub;
       norm3(x, x);
     }

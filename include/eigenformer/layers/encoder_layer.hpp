@@ -1,6 +1,7 @@
 // eigenformer/layers/encoder_layer.hpp: nn.TransformerEncoderLayer (shared/spec/model-format.md):
 //   post-LN: x = norm1(x + SA(x));       x = norm2(x + FF(x))
 //   pre-LN:  x = x + SA(norm1(x));       x = x + FF(norm2(x))
+// FF is the dense feed-forward block or, for the layers config.moe lists, a mixture of experts.
 #pragma once
 
 #include <string>
@@ -8,21 +9,22 @@
 #include "../attention.hpp"
 #include "../config.hpp"
 #include "feed_forward.hpp"
+#include "moe.hpp"
 
 namespace eigenformer {
 
 template <class Scalar>
 struct encoder_layer {
   attention_weights<Scalar> self_attn;
-  feed_forward<Scalar> ff;
+  feed_forward_block<Scalar> ff;  // dense, or mixture of experts
   layer_norm_layer<Scalar> norm1, norm2;
   bool norm_first = false;
 
-  /// Takes the tensors of `scope` (e.g. "transformer.encoder.layers.0").
-  static encoder_layer load(weight_map<Scalar>& w, const std::string& scope, const model_config& c) {
+  /// Takes the tensors of encoder layer `index`, named under `scope` (e.g. "transformer.encoder.layers.0").
+  static encoder_layer load(weight_map<Scalar>& w, const std::string& scope, const model_config& c, index_t index) {
     encoder_layer l;
     l.self_attn = attention_weights<Scalar>::load(w, scope + ".self_attn", c.d_model, c.n_heads);
-    l.ff = feed_forward<Scalar>::load(w, scope, c.d_model, c.d_ff, c.activation_kind);
+    l.ff = feed_forward_block<Scalar>::load(w, scope, c, encoder_moe_id(c, index));
     l.norm1 = layer_norm_layer<Scalar>::load(w, scope + ".norm1", c.d_model, c.layer_norm_eps);
     l.norm2 = layer_norm_layer<Scalar>::load(w, scope + ".norm2", c.d_model, c.layer_norm_eps);
     l.norm_first = c.norm_first;
@@ -45,13 +47,13 @@ struct encoder_layer {
       self_attention(self_attn, normed, offsets, false, sub, ws);
       x += sub;
       norm2(x, normed);
-      ff(normed, sub, ws);
+      ff(normed, sub, offsets, ws);
       x += sub;
     } else {
       self_attention(self_attn, x, offsets, false, sub, ws);
       x += sub;
       norm1(x, x);
-      ff(x, sub, ws);
+      ff(x, sub, offsets, ws);
       x += sub;
       norm2(x, x);
     }
