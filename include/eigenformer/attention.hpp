@@ -81,7 +81,7 @@ namespace detail {
 template <class Scalar, class Head>
 void for_each_head(index_t batch, index_t n_heads, index_t per_task, double flops, tensor<Scalar>& scores, Head&& head) {
   const index_t tasks = batch * n_heads;
-  const int threads = (flops > 2e5 && tasks > 1) ? static_cast<int>(std::min<index_t>(num_threads(), tasks)) : 1;
+  const int threads = (flops / 2 >= parallel_work_threshold && tasks > 1) ? static_cast<int>(std::min<index_t>(num_threads(), tasks)) : 1;
   scores.resize({std::max<index_t>(1, threads * std::max<index_t>(per_task, 1))});
   Scalar* base = scores.data();
 #if defined(_OPENMP)

@@ -66,7 +66,7 @@ void small_batch_linear(const Scalar* x, index_t ldx, index_t n, const Scalar* w
   constexpr index_t R = 4;  // weight rows per block
   const index_t blocks = (out + R - 1) / R;
   const double work = double(n) * double(out) * double(in);
-  const int threads = work > 1e5 ? std::max(1, num_threads()) : 1;
+  const int threads = work >= parallel_work_threshold ? std::max(1, num_threads()) : 1;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
@@ -118,7 +118,7 @@ void small_batch_linear(const Scalar* x, index_t ldx, index_t n, const Scalar* w
 /// y = x w^T + b, PyTorch's nn.Linear with the weight in its own [out, in] layout (no copy).
 ///   x [n, in], w [out, in], bias [out] or empty, y [n, out]; y must not overlap x or w.
 /// A few rows (a decode step) go through detail::small_batch_linear, which streams w once and
-/// splits it across threads; more rows through Eigen's (threaded) GEMM.
+/// splits it across threads; more rows through Eigen's GEMM, one column block per thread.
 template <class X, class W, class Y>
 void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& w,
             std::span<const typename X::Scalar> bias, const Eigen::MatrixBase<Y>& y_) {
@@ -138,7 +138,23 @@ void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& w,
       return;
     }
   }
-  y.noalias() = x * w.transpose();
+  // Larger products: Eigen's GEMM, split by output columns across threads here rather than by
+  // Eigen (see threads.hpp: a product too small to give each thread ~2 M multiply-adds stays on
+  // one thread, which matters when another process holds a core).
+  const double work = double(x.rows()) * double(w.rows()) * double(w.cols());
+  const index_t chunks = std::min<index_t>(num_threads(), std::max<index_t>(1, static_cast<index_t>(work / parallel_work_threshold)));
+  if (chunks <= 1) {
+    y.noalias() = x * w.transpose();
+  } else {
+    const index_t cols = w.rows(), step = (cols / chunks + 15) / 16 * 16;  // whole cache lines per chunk
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(static_cast<int>(chunks))
+#endif
+    for (index_t c = 0; c < chunks; ++c) {
+      const index_t first = std::min(cols, c * step), n = std::min(cols, first + step) - first;
+      if (n > 0) y.middleCols(first, n).noalias() = x * w.middleRows(first, n).transpose();
+    }
+  }
   if (!bias.empty()) {
     const auto b = const_vector_view<Scalar>(bias.data(), w.rows()).transpose();
     y.rowwise() += b;

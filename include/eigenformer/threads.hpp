@@ -1,9 +1,13 @@
 // eigenformer/threads.hpp: the one way to choose how many threads eigenformer uses.
 //
-// eigenformer runs on a single thread pool: OpenMP's. Eigen's GEMM threads through it, and so do
-// the library's own parallel loops (matrix-vector products of a decode step, which Eigen never
-// threads). Mixing a second spinning runtime (OpenBLAS threads, a user's pool spinning at the same
-// time) made PyTorch 6.5x slower on 2 cores (shared/design/performance.md), so there is no other.
+// eigenformer runs on a single thread pool: OpenMP's. Mixing a second spinning runtime (OpenBLAS
+// threads, a user's pool spinning at the same time) made PyTorch 6.5x slower on 2 cores
+// (shared/design/performance.md), so there is no other. eigenformer decides itself which loops
+// fork (ops.hpp's linear(): column blocks of a GEMM, row blocks of a decode step's matrix-vector
+// products; attention: heads), and forks only for ~2 M multiply-adds per thread or more: Eigen's
+// own GEMM threading forks from 100 k and busy-waits between its threads, which made a small
+// model 100x slower while another process held the second core. The CMake target therefore
+// defines EIGEN_DONT_PARALLELIZE for its users.
 //
 //   eigenformer::set_num_threads(1);   // single-threaded
 //   eigenformer::set_num_threads(0);   // all cores (the default)
@@ -11,7 +15,6 @@
 // The count is process-wide because OpenMP's and Eigen's are; OMP_NUM_THREADS sets the default.
 #pragma once
 
-#include <Eigen/Core>
 #include <string>
 #include <thread>
 
@@ -38,16 +41,22 @@ inline int hardware_threads() {
 inline void set_num_threads(int n) {
   if (n < 0) throw invalid_argument("threads: " + std::to_string(n) + ", expected 0 (all cores) or more");
   if (n == 0) n = hardware_threads();
-  Eigen::setNbThreads(n);
 #if defined(_OPENMP)
   omp_set_num_threads(n);
 #endif
 }
 
+/// Work (multiply-adds) a thread must get before a section forks. A fork/join costs a few
+/// microseconds on an idle machine but up to milliseconds when another process holds a core (a
+/// thread that must join is not scheduled), so sections fork only for ~100 microseconds of work
+/// per thread: the matrices of a small model never fork; a Transformer-base decode step forks
+/// for its feed-forward and output projections.
+inline constexpr double parallel_work_threshold = 2e6;
+
 /// Threads the library's parallel sections use now.
 inline int num_threads() {
 #if defined(_OPENMP)
-  return Eigen::nbThreads();
+  return omp_get_max_threads();
 #else
   return 1;
 #endif
