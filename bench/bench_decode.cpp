@@ -19,13 +19,7 @@ namespace {
 template <class S>
 const ef::model<S>& base_model() {
   static const ef::model<S> m = [] {
-    auto c = ef::testing::small_config(512, 8);
-    c.d_ff = 2048;
-    c.n_encoder_layers = 6;
-    c.n_decoder_layers = 6;
-    c.src_vocab_size = 32000;
-    c.tgt_vocab_size = 32000;
-    c.max_positions = 8192;
+    const auto c = ef::testing::base_config();
     ef::testing::random_weights<S> w(c, 1);
     return ef::model<S>(c, w.map());
   }();

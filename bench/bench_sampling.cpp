@@ -23,19 +23,15 @@
 
 #include <eigenformer/sampling/sampling.hpp>
 
+#include "sampling_inputs.hpp"
+
 namespace ef = eigenformer;
 
 namespace {
 
-std::vector<float> make_logits(ef::index_t v, double sigma, int peaks, std::uint64_t seed = 42) {
-  auto g = ef::detail::rng::stream(seed, 0);
-  std::vector<float> l(static_cast<std::size_t>(v));
-  for (float& x : l) x = static_cast<float>(sigma * g.normal());
-  for (int i = 0; i < peaks; ++i) l[g.next_u32() % static_cast<std::uint32_t>(v)] = 12.0f + static_cast<float>(i);
-  return l;
-}
+constexpr std::uint64_t logits_seed = 42;
 
-std::vector<float> realistic(ef::index_t v) { return make_logits(v, 2.0, 5); }
+std::vector<float> realistic(ef::index_t v) { return ef::testing::realistic_logits(v, logits_seed); }
 
 /// fill + apply(s) + (the selected token, if any), per iteration.
 void run_sampler(benchmark::State& state, ef::sampler& s, const std::vector<float>& logits,
@@ -53,15 +49,6 @@ void run_sampler(benchmark::State& state, ef::sampler& s, const std::vector<floa
   }
   state.SetItemsProcessed(state.iterations());
   state.counters["kept"] = static_cast<double>(c.size());
-}
-
-ef::chain default_chain() {
-  ef::sampling_options o;
-  o.temperature = 0.8f;
-  o.top_k = 40;
-  o.top_p = 0.95f;
-  o.min_p = 0.05f;
-  return ef::make_chain(o);
 }
 
 void BM_fill(benchmark::State& state) {
@@ -97,7 +84,7 @@ void BM_top_p(benchmark::State& state) {
 
 void BM_top_p_flat(benchmark::State& state) {
   ef::top_p s(0.95f);
-  run_sampler(state, s, make_logits(state.range(0), 0.5, 0));
+  run_sampler(state, s, ef::testing::realistic_logits(state.range(0), logits_seed, 0.5, 0));
 }
 
 void BM_min_p(benchmark::State& state) {
@@ -125,7 +112,7 @@ void BM_penalties(benchmark::State& state) {
 }
 
 void BM_default_chain(benchmark::State& state) {
-  auto s = default_chain();
+  auto s = ef::testing::default_chain();
   run_sampler(state, s, realistic(state.range(0)));
 }
 

@@ -31,21 +31,13 @@ run_result run(const std::string& args) {
   const auto out = tmp / "stdout", err = tmp / "stderr";
   const std::string cmd = std::string("'") + EIGENFORMER_CLI + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
   const int raw = std::system(cmd.c_str());
-  auto slurp = [](const fs::path& p) {
-    std::ifstream in(p);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-  };
-  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, slurp(out), slurp(err)};
+  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, read_file(out), read_file(err)};
 }
 
 std::string tmp_path(const std::string& name) {
   fs::create_directories(fs::path(EIGENFORMER_TEST_TMP) / "cli");
   return (fs::path(EIGENFORMER_TEST_TMP) / "cli" / name).string();
 }
-
-void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
 std::string fixture(const std::string& name, const std::string& file) { return (fixture_root() / name / file).string(); }
 
@@ -154,23 +146,20 @@ TEST(Cli, ErrorsNameTheCulpritInOneLine) {
   expect_error(run("generate --model /nonexistent/m.safetensors --src-file " + src), 1, "/nonexistent/m.safetensors");
 
   const std::string bad = tmp_path("bad.txt");
-  write_text(bad, "3 4\n5 x7 6\n");
+  write_file(bad, "3 4\n5 x7 6\n");
   expect_error(run("generate --model " + model + " --src-file " + bad), 1, "bad.txt:2: 'x7' is not a token id");
-  write_text(bad, "3 4\n5 99\n");
+  write_file(bad, "3 4\n5 99\n");
   expect_error(run("generate --model " + model + " --src-file " + bad), 1, "bad.txt:2: token id 99 outside the source vocabulary (0 to 22)");
-  write_text(bad, "3 4\n\n");
+  write_file(bad, "3 4\n\n");
   expect_error(run("generate --model " + model + " --src-file " + bad), 1, "bad.txt:2: empty line");
   std::string long_line;
   for (int i = 0; i < 1025; ++i) long_line += "3 ";
-  write_text(bad, long_line + "\n");
+  write_file(bad, long_line + "\n");
   expect_error(run("generate --model " + model + " --src-file " + bad), 1, "bad.txt:1: 1025 tokens, expected at most 1024 (max_positions)");
 
   const std::string truncated = tmp_path("truncated.safetensors");
-  {
-    std::ifstream in(model, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::ofstream(truncated, std::ios::binary) << bytes.substr(0, bytes.size() - 100);
-  }
+  const std::string bytes = read_file(model);
+  write_file(truncated, bytes.substr(0, bytes.size() - 100));
   expect_error(run("info --model " + truncated), 1, "truncated.safetensors");
   const std::string logits = tmp_path("logits2d.npy");
   ef::io::write_npy(logits, ef::tensor<float>({2, 3}));
@@ -182,14 +171,14 @@ TEST(Cli, OutputIsWholeOrAbsent) {
   const std::string out = tmp_path("never.npy");
   fs::remove(out);
   const std::string short_tgt = tmp_path("short_tgt.txt");
-  write_text(short_tgt, "1 2\n");
+  write_file(short_tgt, "1 2\n");
   expect_error(run("score --model " + model + " --src-file " + src + " --tgt-file " + short_tgt + " --out " + out), 1,
                "short_tgt.txt: 1 lines, expected 3");
   EXPECT_FALSE(fs::exists(out));
   // An existing output survives a failed run untouched.
-  write_text(out, "previous");
+  write_file(out, "previous");
   const std::string bad_tgt = tmp_path("bad_tgt.txt");
-  write_text(bad_tgt, "1 2\n1 40\n1\n");
+  write_file(bad_tgt, "1 2\n1 40\n1\n");
   expect_error(run("score --model " + model + " --src-file " + src + " --tgt-file " + bad_tgt + " --out " + out), 1,
                "bad_tgt.txt:2: token id 40 outside the target vocabulary (0 to 28)");
   std::ifstream in(out);

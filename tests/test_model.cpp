@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "support/decode_check.hpp"
 #include "support/random_model.hpp"
 #include "test_util.hpp"
 
@@ -82,21 +83,7 @@ TYPED_TEST(ModelTest, IncrementalDecodingEqualsTeacherForcing) {
     const auto memory = m.encode(src);
     ef::kv_cache<S> cache;
     m.start_decoding(memory, 1, 8, cache);
-    ef::tensor<S> lp({3, c.tgt_vocab_size});
-    for (index_t t = 0; t < 6; ++t) {
-      std::vector<index_t> slots;
-      std::vector<token_id> tokens;
-      for (index_t b = 0; b < 3; ++b)  // finished sequences leave the step
-        if (t < index_t(targets[std::size_t(b)].size())) {
-          slots.push_back(b);
-          tokens.push_back(targets[std::size_t(b)][std::size_t(t)]);
-        }
-      lp.resize({index_t(slots.size()), c.tgt_vocab_size});
-      m.decode_step(cache, slots, tokens, lp.matrix());
-      for (std::size_t i = 0; i < slots.size(); ++i)
-        for (index_t v = 0; v < c.tgt_vocab_size; ++v)
-          ASSERT_NEAR(lp(index_t(i), v), full(slots[i], t, v), this->tol()) << "step " << t << " slot " << slots[i];
-    }
+    ASSERT_NO_FATAL_FAILURE(expect_decode_steps_match_scores(m, cache, targets, full, this->tol()));
   }
 }
 
@@ -105,20 +92,7 @@ TYPED_TEST(ModelTest, ReorderFollowsParents) {
   const auto c = small_config();
   random_weights<S> rw(c, 5);
   ef::model<S> m(c, rw.map());
-  const auto memory = m.encode(ef::token_batch::from_sequences({sources[0]}));
-  ef::kv_cache<S> cache;
-  m.start_decoding(memory, 2, 4, cache);  // two beams of one source
-  ef::tensor<S> lp({2, c.tgt_vocab_size});
-  const std::vector<index_t> slots{0, 1};
-  m.decode_step(cache, slots, std::vector<token_id>{1, 1}, lp.matrix());
-  m.decode_step(cache, slots, std::vector<token_id>{5, 9}, lp.matrix());
-  cache.reorder(std::vector<index_t>{1, 1});  // both beams continue beam 1's history [1, 9]
-  m.decode_step(cache, slots, std::vector<token_id>{4, 4}, lp.matrix());
-  const auto full = m.score(ef::token_batch::from_sequences({sources[0]}), ef::token_batch::from_sequences({{1, 9, 4}}));
-  for (index_t v = 0; v < c.tgt_vocab_size; ++v) {
-    EXPECT_NEAR(lp(0, v), full(0, 2, v), this->tol());
-    EXPECT_NEAR(lp(1, v), full(0, 2, v), this->tol());
-  }
+  expect_reorder_follows_parents(m, sources[0], this->tol());
 }
 
 TYPED_TEST(ModelTest, MissingUnexpectedAndMisshapenTensorsAreNamed) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "support/counting_allocator.hpp"
+#include "support/decode_check.hpp"
 #include "support/random_model.hpp"
 #include "test_util.hpp"
 
@@ -394,21 +395,9 @@ TYPED_TEST(MoeTest, IncrementalDecodingEqualsTeacherForcing) {
     ef::moe_router_stats step_stats;
     cache.moe() = {.noise = v.noise, .stats = &step_stats};
     m.start_decoding(memory, 1, 8, cache);
-    ef::tensor<S> lp({3, v.c.tgt_vocab_size});
-    for (index_t t = 0; t < 6; ++t) {
-      std::vector<index_t> slots;
-      std::vector<token_id> tokens;
-      for (index_t b = 0; b < 3; ++b)  // finished sequences leave the step
-        if (t < index_t(targets[std::size_t(b)].size())) {
-          slots.push_back(b);
-          tokens.push_back(targets[std::size_t(b)][std::size_t(t)]);
-        }
-      lp.resize({index_t(slots.size()), v.c.tgt_vocab_size});
-      m.decode_step(cache, slots, tokens, lp.matrix());
-      for (std::size_t i = 0; i < slots.size(); ++i)
-        for (index_t w = 0; w < v.c.tgt_vocab_size; ++w)
-          ASSERT_NEAR(lp(index_t(i), w), full(slots[i], t, w), this->tol())
-              << to_string(v.c.moe->gate_kind) << (v.noise ? " noisy" : "") << " step " << t << " slot " << slots[i];
+    {
+      SCOPED_TRACE(std::string(to_string(v.c.moe->gate_kind)) + (v.noise ? " noisy" : ""));
+      ASSERT_NO_FATAL_FAILURE(expect_decode_steps_match_scores(m, cache, targets, full, this->tol()));
     }
     // the steps together routed the decoder tokens exactly as teacher forcing did
     for (const auto& forced : forced_stats.layers()) {
@@ -427,20 +416,7 @@ TYPED_TEST(MoeTest, BeamReorderFollowsParents) {
   const auto c = moe_model_config(ef::gate::top_k, 4, 2, {1}, {0, 1});
   random_weights<S> rw(c, 5);
   ef::model<S> m(c, rw.map());
-  const auto memory = m.encode(ef::token_batch::from_sequences({sources[0]}));
-  ef::kv_cache<S> cache;
-  m.start_decoding(memory, 2, 4, cache);  // two beams of one source
-  ef::tensor<S> lp({2, c.tgt_vocab_size});
-  const std::vector<index_t> slots{0, 1};
-  m.decode_step(cache, slots, std::vector<token_id>{1, 1}, lp.matrix());
-  m.decode_step(cache, slots, std::vector<token_id>{5, 9}, lp.matrix());
-  cache.reorder(std::vector<index_t>{1, 1});  // both beams continue beam 1's history [1, 9]
-  m.decode_step(cache, slots, std::vector<token_id>{4, 4}, lp.matrix());
-  const auto full = m.score(ef::token_batch::from_sequences({sources[0]}), ef::token_batch::from_sequences({{1, 9, 4}}));
-  for (index_t w = 0; w < c.tgt_vocab_size; ++w) {
-    EXPECT_NEAR(lp(0, w), full(0, 2, w), this->tol());
-    EXPECT_NEAR(lp(1, w), full(0, 2, w), this->tol());
-  }
+  expect_reorder_follows_parents(m, sources[0], this->tol());
 }
 
 TYPED_TEST(MoeTest, SparseUpcyclingEqualsTheDenseModel) {

@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <string>
 #include <vector>
@@ -21,32 +20,6 @@ using ef::index_t;
 using namespace ef::testing;
 
 namespace {
-
-fs::path test_dir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = std::string(info->test_suite_name()) + "." + info->name();
-  for (char& c : name) {
-    if (c == '/') c = '_';
-  }
-  const fs::path dir = fs::path(EIGENFORMER_TEST_TMP) / "npy" / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write_file(const fs::path& path, const std::string& bytes) {
-  // Unlink first: ext4 flushes a file truncated and rewritten in place to disk on close (auto_da_alloc),
-  // which made the corruption tests below take seconds.
-  fs::remove(path);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 template <class T>
 std::string le_bytes(std::initializer_list<T> values) {
@@ -75,7 +48,7 @@ std::string dict(const std::string& descr, const std::string& shape, const std::
 /// Expects reading `bytes` (as floats, or as ints) to throw a format_error that starts with the path
 /// and contains `needle`.
 void expect_rejected(const std::string& bytes, const std::string& needle, bool as_ints = false) {
-  const fs::path path = test_dir() / "bad.npy";
+  const fs::path path = test_dir("npy") / "bad.npy";
   write_file(path, bytes);
   try {
     if (as_ints) {
@@ -100,7 +73,7 @@ TYPED_TEST_SUITE(NpyRoundTrip, scalar_types);
 
 TYPED_TEST(NpyRoundTrip, EveryRankAndStorage) {
   using Scalar = TypeParam;
-  const fs::path dir = test_dir();
+  const fs::path dir = test_dir("npy");
   filler fill(3);
   for (const auto& t : {fill.make<Scalar>({5}), fill.make<Scalar>({2, 3}), fill.make<Scalar>({2, 1, 3}),
                         fill.make<Scalar>({2, 2, 2, 3}), ef::tensor<Scalar>({0, 4})}) {
@@ -128,7 +101,7 @@ TYPED_TEST(NpyRoundTrip, EveryRankAndStorage) {
 }
 
 TEST(NpyRoundTrip, Integers) {
-  const fs::path path = test_dir() / "ids.npy";
+  const fs::path path = test_dir("npy") / "ids.npy";
   const std::vector<std::int64_t> values = {1, -2, std::numeric_limits<std::int64_t>::max(),
                                             std::numeric_limits<std::int64_t>::min(), 0, 7};
   const std::vector<index_t> shape = {2, 3};
@@ -155,7 +128,7 @@ TEST(NpyLayout, WriterEmitsNumpysBytes) {
                                "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }" +
                                std::string(58, ' ') + "\n" + le_bytes<float>({1, 2, 3, 4, 5, 6});
   const auto t = ef::tensor<float>::from_values(ef::tensor_shape{2, 3}, std::vector<float>{1, 2, 3, 4, 5, 6});
-  const fs::path path = test_dir() / "numpy.npy";
+  const fs::path path = test_dir("npy") / "numpy.npy";
   ef::io::write_npy(path, t);
   EXPECT_EQ(read_file(path), expected);
   const auto h = ef::io::read_npy_header(path);
@@ -173,7 +146,7 @@ TEST(NpyLayout, CommittedFixturesRewriteByteForByte) {
       if (file.path().extension() != ".npy") continue;
       SCOPED_TRACE(file.path().string());
       const auto h = ef::io::read_npy_header(file.path());
-      const fs::path copy = test_dir() / "copy.npy";
+      const fs::path copy = test_dir("npy") / "copy.npy";
       if (h.descr == "<f8") {
         ef::io::write_npy(copy, ef::io::read_npy<double>(file.path()));
         ++floats;
@@ -193,7 +166,7 @@ TEST(NpyLayout, CommittedFixturesRewriteByteForByte) {
 }
 
 TEST(NpyLayout, ReadsEverySpellingNumpyHasUsed) {
-  const fs::path path = test_dir() / "v.npy";
+  const fs::path path = test_dir("npy") / "v.npy";
   const std::string data = le_bytes<float>({1.5f, -2.0f});
   const std::vector<std::string> headers = {
       dict("<f4", "(2,)"),
@@ -224,7 +197,7 @@ TEST(NpyLayout, ReadsEverySpellingNumpyHasUsed) {
 }
 
 TEST(NpyLayout, EveryIntegerDtype) {
-  const fs::path path = test_dir() / "i.npy";
+  const fs::path path = test_dir("npy") / "i.npy";
   auto check = [&](const std::string& descr, const std::string& data, std::vector<std::int64_t> want) {
     SCOPED_TRACE(descr);
     std::string shape = "(";
@@ -252,7 +225,7 @@ TEST(NpyLayout, UnalignedDataIsCopiedNotDereferenced) {
   std::string bytes = std::string("\x93NUMPY\x01\x00", 8);
   bytes += static_cast<char>(header.size());
   bytes += '\0';
-  const fs::path path = test_dir() / "odd.npy";
+  const fs::path path = test_dir("npy") / "odd.npy";
   write_file(path, bytes + header + le_bytes<double>({3.0, -1.0}));
   EXPECT_EQ(ef::io::read_npy<double>(path)(1), -1.0);
 }
@@ -261,7 +234,7 @@ TEST(NpyLayout, UnalignedDataIsCopiedNotDereferenced) {
 // Malformed files
 
 TEST(NpyMalformed, MissingShortAndBadPreamble) {
-  EIGENFORMER_EXPECT_THROW_WITH(ef::io::read_npy<float>(test_dir() / "missing.npy"), ef::error,
+  EIGENFORMER_EXPECT_THROW_WITH(ef::io::read_npy<float>(test_dir("npy") / "missing.npy"), ef::error,
                                 "missing.npy: cannot open: No such file or directory");
   expect_rejected("", "not a .npy file (no \\x93NUMPY magic)");
   expect_rejected("\x93NUMPY", "not a .npy file");
@@ -338,7 +311,7 @@ TEST(NpyMalformed, FortranOrderAndDataLength) {
 
 TEST(NpyMalformed, RandomCorruptionIsRejectedCleanly) {
   // As for safetensors: every corrupted file is read in full or rejected with a format_error.
-  const fs::path dir = test_dir();
+  const fs::path dir = test_dir("npy");
   filler fill(5);
   ef::io::write_npy(dir / "good.npy", fill.make<float>({3, 5}));
   const std::vector<std::int64_t> ids = {1, 2, 3};
@@ -374,7 +347,7 @@ TEST(NpyMalformed, RandomCorruptionIsRejectedCleanly) {
 }
 
 TEST(NpyWriter, WholeOrNotAtAll) {
-  const fs::path dir = test_dir();
+  const fs::path dir = test_dir("npy");
   const ef::tensor<float> t({2});
   EIGENFORMER_EXPECT_THROW_WITH(ef::io::write_npy(dir / "no" / "dir" / "out.npy", t), ef::error,
                                 "out.npy: cannot create a temporary file to write");

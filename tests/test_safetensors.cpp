@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <string>
@@ -28,34 +27,7 @@ using namespace ef::testing;
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Helpers
-
-/// A fresh directory for the running test (ctest runs tests in parallel, one process each).
-fs::path test_dir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = std::string(info->test_suite_name()) + "." + info->name();
-  for (char& c : name) {
-    if (c == '/') c = '_';
-  }
-  const fs::path dir = fs::path(EIGENFORMER_TEST_TMP) / "safetensors" / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write_file(const fs::path& path, const std::string& bytes) {
-  // Unlink first: ext4 flushes a file truncated and rewritten in place to disk on close (auto_da_alloc),
-  // which made the corruption tests below take seconds.
-  fs::remove(path);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+// Helpers (test_dir, write_file, read_file: test_util.hpp)
 
 std::string u64_le(std::uint64_t v) {
   std::string s(8, '\0');
@@ -79,7 +51,7 @@ std::string le_bytes(std::initializer_list<T> values) {
 /// Expects opening `bytes` (written to `name` in a fresh test directory) to throw a format_error whose
 /// message starts with the path and contains `needle`.
 void expect_rejected(const std::string& bytes, const std::string& needle, const std::string& name = "bad.safetensors") {
-  const fs::path path = test_dir() / name;
+  const fs::path path = test_dir("safetensors") / name;
   write_file(path, bytes);
   try {
     ef::io::safetensors_file file(path);
@@ -304,7 +276,7 @@ Scalar stored(Scalar v, dtype storage) {
 
 TYPED_TEST(SafetensorsRoundTrip, EveryStorageDtype) {
   using Scalar = TypeParam;
-  const fs::path dir = test_dir();
+  const fs::path dir = test_dir("safetensors");
   filler fill(7);
   auto weight = fill.make<Scalar>({2, 3});
   auto bias = fill.make<Scalar>({3}, -100, 100);
@@ -357,7 +329,7 @@ TYPED_TEST(SafetensorsRoundTrip, NaNSurvivesEveryStorage) {
   t(0) = std::numeric_limits<Scalar>::quiet_NaN();
   t(1) = -std::numeric_limits<Scalar>::quiet_NaN();
   for (dtype storage : {dtype::f32, dtype::f64, dtype::f16, dtype::bf16}) {
-    const fs::path path = test_dir() / "nan.safetensors";
+    const fs::path path = test_dir("safetensors") / "nan.safetensors";
     ef::io::write_safetensors<Scalar>(path, {{"x", t}}, {}, storage);
     const auto back = ef::io::safetensors_file(path).read<Scalar>("x");
     EXPECT_TRUE(std::isnan(back(0)) && std::isnan(back(1))) << ef::io::dtype_name(storage);
@@ -366,7 +338,7 @@ TYPED_TEST(SafetensorsRoundTrip, NaNSurvivesEveryStorage) {
 }
 
 TEST(SafetensorsWriter, LayoutIsUpstreams) {
-  const fs::path path = test_dir() / "layout.safetensors";
+  const fs::path path = test_dir("safetensors") / "layout.safetensors";
   const auto b = ef::tensor<float>::from_values(ef::tensor_shape{2}, std::vector<float>{1.0f, 2.0f});
   const auto a = ef::tensor<float>::from_values(ef::tensor_shape{1, 1}, std::vector<float>{-1.0f});
   ef::io::write_safetensors<float>(path, {{"b", b}, {"a", a}});
@@ -383,7 +355,7 @@ TEST(SafetensorsWriter, LayoutIsUpstreams) {
 
 TEST(SafetensorsWriter, EmptyFileMatchesUpstreamBytes) {
   // huggingface/safetensors test_empty: serialize({}) is "{}" padded to 8 bytes.
-  const fs::path path = test_dir() / "empty.safetensors";
+  const fs::path path = test_dir("safetensors") / "empty.safetensors";
   ef::io::write_safetensors<float>(path, {});
   EXPECT_EQ(read_file(path), u64_le(8) + "{}      ");
   const ef::io::safetensors_file file(path);
@@ -401,7 +373,7 @@ TEST(SafetensorsReader, PythonExporterLayout) {
       R"({"__metadata__":{"format":"eigenformer","config":"{\"d_model\": 4, \"name\": \"caf\u00e9\"}"},)"
       R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F16","shape":[],"data_offsets":[8,10]}})";
   const std::string data = le_bytes<float>({1.5f, -2.0f}) + le_bytes<std::uint16_t>({0x3C00});
-  const fs::path path = test_dir() / "python.safetensors";
+  const fs::path path = test_dir("safetensors") / "python.safetensors";
   write_file(path, safetensors_bytes(header, data));
   const ef::io::safetensors_file file(path);
   EXPECT_EQ(file.metadata().at("format"), "eigenformer");
@@ -448,7 +420,7 @@ TEST(SafetensorsReader, CommittedFixturesReadAndRewriteByteForByte) {
       EXPECT_EQ(values.back().size(), t.numel());
     }
     for (std::size_t i = 0; i < values.size(); ++i) named.push_back({file.tensors()[i].name, values[i]});
-    const fs::path copy = test_dir() / "copy.safetensors";
+    const fs::path copy = test_dir("safetensors") / "copy.safetensors";
     ef::io::write_safetensors(copy, named, file.metadata(), storage);
     const ef::io::safetensors_file again(copy);
     EXPECT_EQ(again.metadata(), file.metadata());
@@ -469,7 +441,7 @@ TEST(SafetensorsReader, UnalignedDataIsCopiedNotDereferenced) {
   header.append((8 - header.size() % 8) % 8 + 3, ' ');
   const std::string data = le_bytes<double>({0.25, -8.0}) + le_bytes<float>({1.0f, 2.0f, 3.0f}) +
                            le_bytes<std::uint16_t>({0xC000, 0x4049});
-  const fs::path path = test_dir() / "unaligned.safetensors";
+  const fs::path path = test_dir("safetensors") / "unaligned.safetensors";
   write_file(path, u64_le(header.size()) + header + data);
   const ef::io::safetensors_file file(path);
   EXPECT_EQ(file.read<float>("d")(1), -8.0f);
@@ -483,7 +455,7 @@ TEST(SafetensorsReader, UnalignedDataIsCopiedNotDereferenced) {
 TEST(SafetensorsReader, OffsetsInAnyOrderZeroSizedTensorsNullMetadata) {
   const std::string header = R"({"__metadata__":null,)" + entry("a", "[2]", 8, 16) + "," + entry("b", "[2]", 0, 8) +
                              "," + entry("e1", "[0]", 8, 8) + "," + entry("e2", "[3,0]", 16, 16) + "}";
-  const fs::path path = test_dir() / "order.safetensors";
+  const fs::path path = test_dir("safetensors") / "order.safetensors";
   write_file(path, safetensors_bytes(header, le_bytes<float>({1, 2, 3, 4})));
   const ef::io::safetensors_file file(path);
   EXPECT_TRUE(file.metadata().empty());
@@ -497,7 +469,7 @@ TEST(SafetensorsReader, LookupRawShapesAndMoves) {
   const std::string header = "{" + entry("ids", "[2]", 0, 16, "I64") + "," +
                              entry("r5", "[1,1,1,1,2]", 16, 24) + "," + entry("w", "[2]", 24, 32) + "}";
   const std::string data = le_bytes<std::int64_t>({7, -1}) + le_bytes<float>({1, 2, 3, 4});
-  const fs::path path = test_dir() / "lookup.safetensors";
+  const fs::path path = test_dir("safetensors") / "lookup.safetensors";
   write_file(path, safetensors_bytes(header, data));
   ef::io::safetensors_file original(path);
   const ef::io::safetensors_file file(std::move(original));
@@ -533,7 +505,7 @@ TEST(SafetensorsReader, LookupRawShapesAndMoves) {
 // Malformed files: each rejected, naming the culprit
 
 TEST(SafetensorsMalformed, MissingFileOrDirectory) {
-  const fs::path dir = test_dir();
+  const fs::path dir = test_dir("safetensors");
   EIGENFORMER_EXPECT_THROW_WITH(ef::io::safetensors_file(dir / "missing.safetensors"), ef::error,
                                 "missing.safetensors: cannot open: No such file or directory");
   EIGENFORMER_EXPECT_THROW_WITH(ef::io::safetensors_file{dir}, ef::error, "not a regular file");
@@ -647,7 +619,7 @@ TEST(SafetensorsMalformed, Metadata) {
 TEST(SafetensorsMalformed, RandomCorruptionIsRejectedCleanly) {
   // Flip bytes of a valid file, or cut it short, many times: each result is either read in full or
   // rejected with a format_error; never anything else (and, under ASan, never an out-of-bounds read).
-  const fs::path dir = test_dir();
+  const fs::path dir = test_dir("safetensors");
   filler fill(11);
   const auto w = fill.make<float>({3, 4});
   const auto b = fill.make<float>({4});
@@ -683,7 +655,7 @@ TEST(SafetensorsMalformed, RandomCorruptionIsRejectedCleanly) {
 // The writer: whole or not at all
 
 TEST(SafetensorsWriter, RejectsBadArgumentsAndLeavesTheTargetAlone) {
-  const fs::path dir = test_dir();
+  const fs::path dir = test_dir("safetensors");
   const fs::path path = dir / "keep.safetensors";
   write_file(path, "previous contents");
   ef::tensor<float> t({2});
@@ -702,7 +674,7 @@ TEST(SafetensorsWriter, RejectsBadArgumentsAndLeavesTheTargetAlone) {
 }
 
 TEST(SafetensorsWriter, IoFailuresNameThePathAndLeaveNoTemporary) {
-  const fs::path dir = test_dir();
+  const fs::path dir = test_dir("safetensors");
   ef::tensor<double> t({2});
   EIGENFORMER_EXPECT_THROW_WITH((ef::io::write_safetensors<double>(dir / "no" / "such" / "dir.safetensors", {{"x", t}})),
                                 ef::error, "dir.safetensors: cannot create a temporary file to write");
@@ -714,7 +686,7 @@ TEST(SafetensorsWriter, IoFailuresNameThePathAndLeaveNoTemporary) {
 }
 
 TEST(SafetensorsWriter, ReplacesAnExistingFile) {
-  const fs::path path = test_dir() / "model.safetensors";
+  const fs::path path = test_dir("safetensors") / "model.safetensors";
   write_file(path, "old");
   const auto t = ef::tensor<float>::from_values(ef::tensor_shape{1}, std::vector<float>{5.0f});
   ef::io::write_safetensors<float>(path, {{"x", t}}, {{"format", "eigenformer"}}, dtype::bf16);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "support/counting_allocator.hpp"
+#include "support/sampling_inputs.hpp"
 #include "test_util.hpp"
 
 namespace ef = eigenformer;
@@ -27,6 +28,8 @@ using ef::candidate;
 using ef::candidates;
 using ef::index_t;
 using ef::token_id;
+using ef::testing::default_chain;
+using ef::testing::realistic_logits;
 
 namespace {
 
@@ -183,15 +186,6 @@ struct accept_counter final : ef::cloneable_sampler<accept_counter> {
   void reset() override { accepted = 0; }
   std::string name() const override { return "accept_counter"; }
 };
-
-/// Deterministic logits: a normal(0, sigma) body from our own generator plus a few peaked tokens.
-std::vector<float> realistic_logits(index_t v, std::uint64_t seed, double sigma = 2.0, int peaks = 5) {
-  auto g = ef::detail::rng::stream(seed, 0);
-  std::vector<float> l(static_cast<std::size_t>(v));
-  for (float& x : l) x = static_cast<float>(sigma * g.normal());
-  for (int i = 0; i < peaks; ++i) l[(g.next_u32() % static_cast<std::uint32_t>(v))] = 12.0f + static_cast<float>(i);
-  return l;
-}
 
 }  // namespace
 
@@ -1023,14 +1017,6 @@ std::vector<token_id> generate(ef::sampler& s, const std::vector<float>& logits,
   std::vector<token_id> out;
   for (int i = 0; i < n; ++i) out.push_back(ef::sample(s, logits, c, ctx));
   return out;
-}
-ef::chain default_chain() {
-  ef::sampling_options o;
-  o.temperature = 0.8f;
-  o.top_k = 40;
-  o.top_p = 0.95f;
-  o.min_p = 0.05f;
-  return ef::make_chain(o);
 }
 }  // namespace
 

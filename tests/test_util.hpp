@@ -1,10 +1,14 @@
-// Shared test helpers: per-type tolerances, a deterministic filler, naive reference loops.
+// Shared test helpers: per-type tolerances, a deterministic filler, naive reference loops, and a
+// fresh directory per test with whole-file read and write.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -47,5 +51,35 @@ double max_abs_diff(const A& a, const B& b) {
           << "message: " << e.what() << "\nexpected to contain: " << (needle);                 \
     }                                                                                          \
   } while (0)
+
+/// A fresh, empty directory EIGENFORMER_TEST_TMP/<area>/<suite>.<test> for the running test (ctest runs
+/// tests in parallel, one process each, so every test needs its own).
+inline std::filesystem::path test_dir(const std::string& area) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = std::string(info->test_suite_name()) + "." + info->name();
+  for (char& c : name) {
+    if (c == '/') c = '_';
+  }
+  const std::filesystem::path dir = std::filesystem::path(EIGENFORMER_TEST_TMP) / area / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+/// Replaces the file at `path` with `bytes`.
+inline void write_file(const std::filesystem::path& path, const std::string& bytes) {
+  // Unlink first: ext4 flushes a file truncated and rewritten in place to disk on close (auto_da_alloc),
+  // which made the corruption tests of test_npy and test_safetensors take seconds.
+  std::filesystem::remove(path);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(out.good()) << path;
+}
+
+/// The whole file at `path` ("" if it cannot be opened).
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
 
 }  // namespace eigenformer::testing

@@ -58,8 +58,8 @@ inline constexpr bool is_row_major_direct =
 /// products of a decode step. Why not Eigen: Eigen's row-major GEMV reached 15 GB/s where the
 /// memory gives 24-32 (shared/design/performance.md), Eigen never threads a GEMV, and its GEMM for a
 /// few rows packs the whole weight matrix (heap buffers, extra traffic). Here every weight row is
-/// read from memory exactly once per call, 4 rows at a time against each of the n inputs (held
-/// in L1), with the output rows split across threads. Rows are `ld*` elements apart.
+/// read from memory exactly once per call, 4 rows at a time against the n inputs (held in L1),
+/// two inputs at a time, with the output rows split across threads. Rows are `ld*` apart.
 template <class Scalar>
 void small_batch_linear(const Scalar* x, index_t ldx, index_t n, const Scalar* w, index_t ldw, index_t out, index_t in,
                         const Scalar* bias, Scalar* y, index_t ldy) {
@@ -67,6 +67,22 @@ void small_batch_linear(const Scalar* x, index_t ldx, index_t n, const Scalar* w
   const index_t blocks = (out + R - 1) / R;
   const double work = double(n) * double(out) * double(in);
   const int threads = work >= parallel_work_threshold ? std::max(1, num_threads()) : 1;
+  if (n == 1) {
+    // One input: Eigen's row-major GEMV kernel streams faster than the loop below; we only split
+    // its rows across threads (Eigen never threads a GEMV).
+    const index_t step = (out / threads + 15) / 16 * 16;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (index_t t = 0; t < threads; ++t) {
+      const index_t first = std::min(out, t * step), rows = std::min(out, first + step) - first;
+      if (rows <= 0) continue;
+      auto yt = make_view(y + first, 1, rows);
+      yt.noalias() = make_view(x, 1, in) * make_view(w + first * ldw, rows, in, ldw).transpose();
+      if (bias) yt += make_view(bias + first, 1, rows);
+    }
+    return;
+  }
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
@@ -77,7 +93,33 @@ void small_batch_linear(const Scalar* x, index_t ldx, index_t n, const Scalar* w
       const Scalar* w1 = w0 + ldw;
       const Scalar* w2 = w1 + ldw;
       const Scalar* w3 = w2 + ldw;
-      for (index_t i = 0; i < n; ++i) {
+      const Scalar b0 = bias ? bias[o] : Scalar(0), b1 = bias ? bias[o + 1] : Scalar(0);
+      const Scalar b2 = bias ? bias[o + 2] : Scalar(0), b3 = bias ? bias[o + 3] : Scalar(0);
+      index_t i = 0;
+      for (; i + 2 <= n; i += 2) {  // two inputs at a time: 8 accumulators, 6 loads per 8 FMAs
+        const Scalar* xa = x + i * ldx;
+        const Scalar* xb = xa + ldx;
+        Scalar a0 = 0, a1 = 0, a2 = 0, a3 = 0, c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+#if defined(_OPENMP)
+#pragma omp simd reduction(+ : a0, a1, a2, a3, c0, c1, c2, c3)
+#endif
+        for (index_t k = 0; k < in; ++k) {
+          const Scalar u = xa[k], v = xb[k];
+          a0 += w0[k] * u;
+          a1 += w1[k] * u;
+          a2 += w2[k] * u;
+          a3 += w3[k] * u;
+          c0 += w0[k] * v;
+          c1 += w1[k] * v;
+          c2 += w2[k] * v;
+          c3 += w3[k] * v;
+        }
+        Scalar* ya = y + i * ldy + o;
+        Scalar* yb = ya + ldy;
+        ya[0] = a0 + b0, ya[1] = a1 + b1, ya[2] = a2 + b2, ya[3] = a3 + b3;
+        yb[0] = c0 + b0, yb[1] = c1 + b1, yb[2] = c2 + b2, yb[3] = c3 + b3;
+      }
+      for (; i < n; ++i) {
         const Scalar* xi = x + i * ldx;
         Scalar s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 #if defined(_OPENMP)
@@ -91,10 +133,7 @@ void small_batch_linear(const Scalar* x, index_t ldx, index_t n, const Scalar* w
           s3 += w3[k] * v;
         }
         Scalar* yi = y + i * ldy + o;
-        yi[0] = s0 + (bias ? bias[o] : Scalar(0));
-        yi[1] = s1 + (bias ? bias[o + 1] : Scalar(0));
-        yi[2] = s2 + (bias ? bias[o + 2] : Scalar(0));
-        yi[3] = s3 + (bias ? bias[o + 3] : Scalar(0));
+        yi[0] = s0 + b0, yi[1] = s1 + b1, yi[2] = s2 + b2, yi[3] = s3 + b3;
       }
     } else {
       for (index_t r = o; r < out; ++r) {

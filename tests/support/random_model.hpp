@@ -103,4 +103,16 @@ inline model_config small_config(index_t d_model = 16, index_t n_heads = 4) {
   return c;
 }
 
+/// The Transformer-base shape (Vaswani et al. 2017) the benchmarks measure: d_model 512, 8 heads,
+/// d_ff 2048, 6 encoder and 6 decoder layers, source and target vocab 32000, post-LN, relu,
+/// sinusoidal positions. max_positions 8192 leaves room for bench_decode's 32 + 4096 cached steps.
+inline model_config base_config() {
+  auto c = small_config(512, 8);
+  c.d_ff = 2048;
+  c.n_encoder_layers = c.n_decoder_layers = 6;
+  c.src_vocab_size = c.tgt_vocab_size = 32000;
+  c.max_positions = 8192;
+  return c;
+}
+
 }  // namespace eigenformer::testing
