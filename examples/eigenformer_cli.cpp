@@ -312,7 +312,10 @@ int run_generate(const options& o) {
     const auto results = ef::generate(m, ef::token_batch::from_sequences(s), g);
     text.clear();
     for (const auto& r : results) {
-      for (std::size_t i = 0; i < r.tokens.size(); ++i) text += (i ? " " : "") + std::to_string(r.tokens[i]);
+      for (std::size_t i = 0; i < r.tokens.size(); ++i) {
+        if (i) text += ' ';
+        text += std::to_string(r.tokens[i]);
+      }
       text += '\n';
     }
     std::fwrite(text.data(), 1, text.size(), stdout);
@@ -345,7 +348,10 @@ int run_sample(const options& o) {
     ++counts[static_cast<std::size_t>(t)];
   }
   std::string text;
-  for (index_t v = 0; v < V; ++v) text += (v ? " " : "") + std::to_string(counts[static_cast<std::size_t>(v)]);
+  for (index_t v = 0; v < V; ++v) {
+    if (v) text += ' ';
+    text += std::to_string(counts[static_cast<std::size_t>(v)]);
+  }
   text += '\n';
   std::fwrite(text.data(), 1, text.size(), stdout);
   std::fflush(stdout);
