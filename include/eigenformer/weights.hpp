@@ -28,6 +28,12 @@ class weight_map {
 
   bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
 
+  /// The tensor `name` not taken yet, or nullptr.
+  const tensor<Scalar>* find(const std::string& name) const {
+    const auto it = tensors_.find(name);
+    return it == tensors_.end() ? nullptr : &it->second;
+  }
+
   /// Removes and returns `name`; throws format_error if absent, shape_error if not `expected`.
   tensor<Scalar> take(const std::string& name, const tensor_shape& expected) {
     auto it = tensors_.find(name);
