@@ -23,8 +23,8 @@ What it does
                 decoder layers (4 experts, top_k gate, k=2: the active feed-forward width per
                 token, 2 x 256, equals the dense model's 512); trained with a small Switch-style
                 load-balancing loss.
-    Adam (0.9, 0.98), linear warmup then cosine decay, label smoothing 0.1, batches of 256 words
-    of similar length, CPU with 1 thread, everything seeded.
+    Adam (0.9, 0.98), peak lr 3e-3 after 400 linear warmup steps then cosine decay to 0, label
+    smoothing 0.1, batches of 128 words of similar length, CPU with 1 thread, everything seeded.
   * After training, the weights are rounded to the export dtype (F16) and back, and the held-out
     words are decoded exactly as `eigenformer generate` does it: encoder on the characters,
     decoder from bos_id, argmax of log_softmax(generator(.)) over the whole target vocabulary at
@@ -42,12 +42,20 @@ What it does
     heldout_words, heldout_wer_greedy, heldout_per_greedy, heldout_wer_beam4, heldout_per_beam4.
 
 How long
-  About 20-25 minutes of training per model (default --steps) on one shared core, plus a minute
-  or two of evaluation each; both models ~50 minutes in all.
+  About 20-25 minutes of training per model (default --steps: 5000 batches of 128 words, about
+  6.2 epochs, ~0.25 s a step) on one shared core, plus about a minute and a half of evaluation
+  each; both models ~50 minutes in all. Debian's python3-torch links the reference BLAS (~2
+  GFLOPS): with it, everything is ~10x slower. Give it OpenBLAS first, either system-wide
+      apt-get install libopenblas0-serial
+  or for this command only, leaving the system alone:
+      cd /tmp && apt-get download libopenblas0-serial && dpkg -x libopenblas0-serial_*.deb /tmp/openblas
+      export LD_LIBRARY_PATH=/tmp/openblas/usr/lib/x86_64-linux-gnu/openblas-serial
+  Runs are deterministic (seeded, one thread) for a given machine and BLAS library.
 
 How to run (Debian's PyTorch 1.13 is in /usr/bin/python3), from the repository root:
-    /usr/bin/python3 tools/train_g2p.py                      # both models
-    /usr/bin/python3 tools/train_g2p.py --variant moe --steps 500   # a quick trial
+    /usr/bin/python3 tools/train_g2p.py                    # both models -> examples/models/
+    /usr/bin/python3 tools/train_g2p.py --variant moe --steps 400 --out-dir /tmp/g2p   # a trial
+    /usr/bin/python3 tools/train_g2p.py --eval-only        # re-evaluate/export from /tmp/*.pt
 """
 import argparse
 import json
@@ -310,9 +318,9 @@ def run_variant(variant, args, train_set, heldout, src_vocab, tgt_vocab):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variant", choices=["dense", "moe", "both"], default="both")
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default: dense 4000, moe 3000)")
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--steps", type=int, default=5000, help="training steps (batches), per model")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--warmup", type=int, default=400)
     ap.add_argument("--smoothing", type=float, default=0.1)
     ap.add_argument("--aux-weight", type=float, default=0.01, help="MoE load-balancing loss weight")
@@ -325,6 +333,9 @@ def main():
     ap.add_argument("--eval-only", action="store_true", help="load the checkpoints, skip training")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if os.path.exists("/proc/self/maps") and "openblas" not in open("/proc/self/maps").read():
+        print("warning: PyTorch is not using OpenBLAS; with Debian's reference BLAS training is "
+              "~10x slower (see the note at the top of this file)", flush=True)
     os.makedirs(args.out_dir, exist_ok=True)
 
     entries = read_cmudict()
@@ -339,9 +350,7 @@ def main():
 
     results = []
     for v in (["dense", "moe"] if args.variant == "both" else [args.variant]):
-        a = argparse.Namespace(**vars(args))
-        a.steps = args.steps or {"dense": 4000, "moe": 3000}[v]
-        results.append(run_variant(v, a, train_set, heldout, src_vocab, tgt_vocab))
+        results.append(run_variant(v, args, train_set, heldout, src_vocab, tgt_vocab))
     print("\nsummary (held-out %d words)" % len(heldout))
     for r in results:
         print(f"  {r['name']:8s} {r['params']:>8d} params  {r['size'] / 1e6:.2f} MB {EXPORT_DTYPE}"
