@@ -87,6 +87,37 @@ TYPED_TEST(ModelTest, IncrementalDecodingEqualsTeacherForcing) {
   }
 }
 
+TYPED_TEST(ModelTest, LongIncrementalDecodeEqualsRecomputation) {
+  // 60 steps, post-LN and pre-LN, batch 1 and a padded batch of 3 (lengths 60, 17, 41): every
+  // cached step equals full recomputation within 1e-5 (float) / 1e-12 (double).
+  using S = TypeParam;
+  for (bool pre_ln : {false, true}) {
+    auto c = small_config(32, 4);
+    c.norm_first = pre_ln;
+    c.max_positions = 128;
+    random_weights<S> rw(c, 17);
+    ef::model<S> m(c, rw.map());
+    filler f(23);
+    auto random_sequence = [&](std::size_t n, index_t vocab) {
+      std::vector<token_id> s{1};
+      while (s.size() < n) s.push_back(token_id(3 + f.next(0, 1) * double(vocab - 3)));
+      return s;
+    };
+    const std::vector<std::vector<token_id>> src{random_sequence(30, c.src_vocab_size), random_sequence(9, c.src_vocab_size),
+                                                 random_sequence(21, c.src_vocab_size)};
+    const std::vector<std::vector<token_id>> tgt{random_sequence(60, c.tgt_vocab_size), random_sequence(17, c.tgt_vocab_size),
+                                                 random_sequence(41, c.tgt_vocab_size)};
+    for (std::size_t batch : {std::size_t(1), std::size_t(3)}) {
+      const std::vector<std::vector<token_id>> s(src.begin(), src.begin() + long(batch)), t(tgt.begin(), tgt.begin() + long(batch));
+      const auto full = m.score(ef::token_batch::from_sequences(s), ef::token_batch::from_sequences(t));
+      ef::kv_cache<S> cache;
+      m.start_decoding(m.encode(ef::token_batch::from_sequences(s)), 1, 60, cache);
+      SCOPED_TRACE(std::string(pre_ln ? "pre-LN" : "post-LN") + ", batch " + std::to_string(batch));
+      ASSERT_NO_FATAL_FAILURE(expect_decode_steps_match_scores(m, cache, t, full, this->tol()));
+    }
+  }
+}
+
 TYPED_TEST(ModelTest, ReorderFollowsParents) {
   using S = TypeParam;
   const auto c = small_config();
