@@ -24,20 +24,23 @@ struct run_result {
   std::string out, err;
 };
 
+/// This test's own scratch folder: ctest runs the tests of this file in parallel processes.
+fs::path scratch() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const fs::path dir = fs::path(EIGENFORMER_TEST_TMP) / "cli" / info->name();
+  fs::create_directories(dir);
+  return dir;
+}
+
 /// Runs the tool with `args` (a shell-quoted string), capturing stdout and stderr.
 run_result run(const std::string& args) {
-  const fs::path tmp = fs::path(EIGENFORMER_TEST_TMP) / "cli";
-  fs::create_directories(tmp);
-  const auto out = tmp / "stdout", err = tmp / "stderr";
+  const auto out = scratch() / "stdout", err = scratch() / "stderr";
   const std::string cmd = std::string("'") + EIGENFORMER_CLI + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
   const int raw = std::system(cmd.c_str());
   return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, read_file(out), read_file(err)};
 }
 
-std::string tmp_path(const std::string& name) {
-  fs::create_directories(fs::path(EIGENFORMER_TEST_TMP) / "cli");
-  return (fs::path(EIGENFORMER_TEST_TMP) / "cli" / name).string();
-}
+std::string tmp_path(const std::string& name) { return (scratch() / name).string(); }
 
 std::string fixture(const std::string& name, const std::string& file) { return (fixture_root() / name / file).string(); }
 
