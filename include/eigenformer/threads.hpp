@@ -12,7 +12,7 @@
 //   eigenformer::set_num_threads(1);   // single-threaded
 //   eigenformer::set_num_threads(0);   // all cores (the default)
 //
-// The count is process-wide because OpenMP's and Eigen's are; OMP_NUM_THREADS sets the default.
+// The count is process-wide because OpenMP's is; OMP_NUM_THREADS sets the default.
 #pragma once
 
 #include <string>
