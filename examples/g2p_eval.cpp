@@ -155,6 +155,20 @@ int main(int argc, char** argv) try {
 
   std::printf("%s: %zu held-out words, %lld parameters, %d thread(s)\n", model_path.c_str(), words.size(),
               static_cast<long long>(m.parameter_count()), ef::num_threads());
+  // What PyTorch measured on the same words (tools/train_g2p.py records it in the file's metadata).
+  const auto meta = ef::io::safetensors_file(model_path).metadata();
+  auto pct = [&](const char* key) {
+    const auto it = meta.find(key);
+    if (it == meta.end()) return std::string("?");
+    char text[32];
+    std::snprintf(text, sizeof text, "%.1f%%", std::stod(it->second) * 100);
+    return std::string(text);
+  };
+  if (limit == 0 && meta.count("heldout_wer_greedy")) {
+    std::printf("  PyTorch  greedy WER %s PER %s; beam 4 WER %s PER %s (its own beam search)\n",
+                pct("heldout_wer_greedy").c_str(), pct("heldout_per_greedy").c_str(), pct("heldout_wer_beam4").c_str(),
+                pct("heldout_per_beam4").c_str());
+  }
   const auto greedy = decode(m, ids, phonemes, 1);
   report("greedy", greedy, words);
   if (beam > 1) report(("beam " + std::to_string(beam)).c_str(), decode(m, ids, phonemes, beam), words);
