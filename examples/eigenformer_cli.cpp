@@ -185,10 +185,6 @@ void check_lines(const std::string& path, const std::vector<std::vector<token_id
   }
 }
 
-index_t usable_positions(const ef::model_config& c) {
-  return c.positional == ef::positional_encoding::learned ? c.max_positions - c.position_offset : c.max_positions;
-}
-
 void apply_threads(const options& o) {
   if (const auto n = o.number<int>("threads")) {
     if (*n < 1) throw usage_error("--threads: " + std::to_string(*n) + ", expected 1 or more");
@@ -261,8 +257,8 @@ int run_score(const options& o) {
   }
   const auto m = ef::load_model<float>(model_path);
   const auto& c = m.config();
-  check_lines(src_path, src, c.src_vocab_size, usable_positions(c), "source", false);
-  check_lines(tgt_path, tgt, c.tgt_vocab_size, usable_positions(c), "target", true);
+  check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
+  check_lines(tgt_path, tgt, c.tgt_vocab_size, c.max_sequence_length(), "target", true);
   const index_t lines = static_cast<index_t>(src.size()), V = c.tgt_vocab_size;
   index_t T = 0;
   for (const auto& t : tgt) T = std::max<index_t>(T, static_cast<index_t>(t.size()));
@@ -301,7 +297,7 @@ int run_generate(const options& o) {
   const auto src = read_token_file(src_path);
   const auto m = ef::load_model<float>(model_path);
   const auto& c = m.config();
-  check_lines(src_path, src, c.src_vocab_size, usable_positions(c), "source", false);
+  check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
   const index_t lines = static_cast<index_t>(src.size());
   const index_t B = batch_size(o, 32);
   std::string text;

@@ -77,6 +77,10 @@ struct model_config {
   std::optional<moe_config> moe;
 
   index_t d_head() const { return n_heads > 0 ? d_model / n_heads : 0; }
+  /// The longest sequence a model accepts: max_positions, less the offset into learned tables.
+  index_t max_sequence_length() const {
+    return positional == positional_encoding::learned ? max_positions - position_offset : max_positions;
+  }
 
   /// Throws config_error naming the first key out of range.
   void validate() const;

@@ -141,9 +141,8 @@ std::vector<generation_result> generate(const model<Scalar>& m, const token_batc
   if (o.beam_size > 1) return generate_beam(m, memory, o);
 
   const index_t batch = src.size(), V = c.tgt_vocab_size;
-  const index_t usable = c.positional == positional_encoding::learned ? c.max_positions - c.position_offset : c.max_positions;
-  const index_t max_steps = std::min(o.max_new_tokens, usable);
-  std::vector<token_id> ends = o.end_tokens.empty() ? std::vector<token_id>{c.eos_id} : o.end_tokens;
+  const index_t max_steps = std::min(o.max_new_tokens, c.max_sequence_length());
+  const std::vector<token_id> ends = o.end_tokens.empty() ? std::vector<token_id>{c.eos_id} : o.end_tokens;
   auto is_end = [&](token_id t) { return std::find(ends.begin(), ends.end(), t) != ends.end(); };
 
   std::vector<generation_result> results(static_cast<std::size_t>(batch));
@@ -242,9 +241,8 @@ std::vector<generation_result> generate_beam(const model<Scalar>& m, const encod
                                              const generation_options& o) {
   const model_config& c = m.config();
   const index_t batch = memory.batch(), K = o.beam_size, V = c.tgt_vocab_size;
-  const index_t usable = c.positional == positional_encoding::learned ? c.max_positions - c.position_offset : c.max_positions;
-  const index_t max_steps = std::min(o.max_new_tokens, usable);
-  std::vector<token_id> ends = o.end_tokens.empty() ? std::vector<token_id>{c.eos_id} : o.end_tokens;
+  const index_t max_steps = std::min(o.max_new_tokens, c.max_sequence_length());
+  const std::vector<token_id> ends = o.end_tokens.empty() ? std::vector<token_id>{c.eos_id} : o.end_tokens;
   auto is_end = [&](token_id t) { return std::find(ends.begin(), ends.end(), t) != ends.end(); };
   constexpr double minus_inf = -std::numeric_limits<double>::infinity();
 

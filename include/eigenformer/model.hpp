@@ -81,12 +81,8 @@ class model {
 
  private:
   enum class side { src, tgt };
-  void embed(side s, std::span<const token_id> tokens, index_t seq, index_t first_position, Scalar* out) const;
+  void embed(side s, std::span<const token_id> tokens, index_t first_position, Scalar* out) const;
   void check_batch(const token_batch& batch, side s) const;
-  index_t usable_positions() const noexcept {
-    return config_.positional == positional_encoding::learned ? config_.max_positions - config_.position_offset
-                                                              : config_.max_positions;
-  }
 
   model_config config_;
   tensor<Scalar> src_embed_, tgt_embed_;   // [vocab, d_model] (src_embed_ empty when shared)
@@ -147,7 +143,7 @@ template <class Scalar>
 void model<Scalar>::check_batch(const token_batch& batch, side s) const {
   const char* name = s == side::src ? "source" : "target";
   const index_t vocab = s == side::src ? config_.src_vocab_size : config_.tgt_vocab_size;
-  const index_t limit = usable_positions();
+  const index_t limit = config_.max_sequence_length();
   for (index_t b = 0; b < batch.size(); ++b) {
     if (batch.length(b) > limit) {
       throw invalid_argument(std::string(name) + " sequence " + std::to_string(b) + ": length " +
@@ -166,7 +162,7 @@ void model<Scalar>::check_batch(const token_batch& batch, side s) const {
 
 /// out rows [tokens.size(), d_model] = E[token] * scale + P[first_position + i].
 template <class Scalar>
-void model<Scalar>::embed(side s, std::span<const token_id> tokens, index_t, index_t first_position, Scalar* out) const {
+void model<Scalar>::embed(side s, std::span<const token_id> tokens, index_t first_position, Scalar* out) const {
   const index_t d = config_.d_model;
   const tensor<Scalar>& table = (s == side::tgt || config_.share_embeddings) ? tgt_embed_ : src_embed_;
   const tensor<Scalar>& pos = (s == side::tgt && config_.positional == positional_encoding::learned) ? tgt_pos_ : src_pos_;
@@ -185,7 +181,7 @@ encoder_output<Scalar> model<Scalar>::encode(const token_batch& src, const moe_r
   out.offsets = src.offsets;
   out.memory.resize({src.total(), config_.d_model});
   for (index_t b = 0; b < src.size(); ++b) {
-    embed(side::src, src.sequence(b), b, 0, out.memory.data() + src.offsets[static_cast<std::size_t>(b)] * config_.d_model);
+    embed(side::src, src.sequence(b), 0, out.memory.data() + src.offsets[static_cast<std::size_t>(b)] * config_.d_model);
   }
   workspace<Scalar> ws;
   ws.moe = &moe;
@@ -204,7 +200,7 @@ tensor<Scalar> model<Scalar>::decode(const encoder_output<Scalar>& memory, const
   }
   const index_t d = config_.d_model;
   tensor<Scalar> x({tgt.total(), d});
-  for (index_t b = 0; b < tgt.size(); ++b) embed(side::tgt, tgt.sequence(b), b, 0, x.data() + tgt.offsets[static_cast<std::size_t>(b)] * d);
+  for (index_t b = 0; b < tgt.size(); ++b) embed(side::tgt, tgt.sequence(b), 0, x.data() + tgt.offsets[static_cast<std::size_t>(b)] * d);
   std::vector<index_t> src_lengths(static_cast<std::size_t>(memory.batch()));
   for (index_t b = 0; b < memory.batch(); ++b) src_lengths[static_cast<std::size_t>(b)] = memory.length(b);
   workspace<Scalar> ws;
@@ -256,9 +252,9 @@ void model<Scalar>::start_decoding(const encoder_output<Scalar>& memory, index_t
   if (slots_per_source < 1) {
     throw invalid_argument("start_decoding: slots_per_source " + std::to_string(slots_per_source) + ", expected >= 1");
   }
-  if (max_steps < 1 || max_steps > usable_positions()) {
+  if (max_steps < 1 || max_steps > config_.max_sequence_length()) {
     throw invalid_argument("start_decoding: max_steps " + std::to_string(max_steps) + ", expected 1 to " +
-                           std::to_string(usable_positions()) + " (max_positions)");
+                           std::to_string(config_.max_sequence_length()) + " (max_positions)");
   }
   const index_t d = config_.d_model, batch = memory.batch();
   cache.reset(static_cast<index_t>(decoder_.size()), batch * slots_per_source, max_steps, d);
@@ -315,7 +311,7 @@ void model<Scalar>::decode_step(kv_cache<Scalar>& cache, std::span<const index_t
       throw invalid_argument("decode_step: token id " + std::to_string(tok) + " for slot " + std::to_string(s) +
                              ", expected 0 to " + std::to_string(config_.tgt_vocab_size - 1));
     }
-    embed(side::tgt, std::span<const token_id>(&tokens[static_cast<std::size_t>(i)], 1), i, t, x.data() + i * d);
+    embed(side::tgt, std::span<const token_id>(&tokens[static_cast<std::size_t>(i)], 1), t, x.data() + i * d);
     slot_offsets.push_back(i);
     kv_offsets.push_back(s * cap);
     kv_lengths.push_back(t + 1);
