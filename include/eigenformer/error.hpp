@@ -8,19 +8,55 @@
 
 #include <cstddef>
 #include <initializer_list>
+#include <memory>
 #include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "types.hpp"
 
 namespace eigenformer {
 
 /// Base of every exception thrown by eigenformer.
+///
+/// An error may carry its subject, the option, tensor, key or file it names, as a field, so that a
+/// caller can act on it without parsing the message: error("top_p", "1.5, expected a value in (0, 1]")
+/// has what() "top_p: 1.5, expected a value in (0, 1]" and subject() "top_p". Errors built from a
+/// message alone have an empty subject(). Copying never throws (the subject is shared).
 class error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+
+  /// what() is subject + ": " + detail.
+  error(std::string subject, std::string_view detail)
+      : std::runtime_error(compose(subject, detail)),
+        subject_(std::make_shared<const std::string>(std::move(subject))) {}
+
+  /// What the error names ("top_p", a tensor's name, a file), or empty when constructed from a
+  /// message alone.
+  const std::string& subject() const noexcept {
+    static const std::string none;
+    return subject_ ? *subject_ : none;
+  }
+  /// What is wrong with the subject: what() after "<subject>: " (all of what() without a subject).
+  std::string_view detail() const noexcept {
+    const std::string_view all = what();
+    return subject_ ? all.substr(subject_->size() + 2) : all;
+  }
+
+ private:
+  static std::string compose(const std::string& subject, std::string_view detail) {
+    std::string s;
+    s.reserve(subject.size() + 2 + detail.size());
+    s += subject;
+    s += ": ";
+    s += detail;
+    return s;
+  }
+
+  std::shared_ptr<const std::string> subject_;
 };
 
 /// A file (safetensors, npy, token text) is malformed or does not match the model.
