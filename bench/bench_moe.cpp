@@ -101,10 +101,10 @@ void BM_MoE(benchmark::State& state, gate_case gc) {
   ef::moe_router_stats stats;
   const ef::moe_runtime rt{gc.noise ? &noise : nullptr, &stats};
   ef::workspace<float> ws;
-  ws.moe = &rt;
   const std::vector<index_t> offsets{0, n};
+  const ef::forward_context ctx{{offsets, {}, {}}, rt};
   for (auto _ : state) {
-    layer(x.matrix(), out.matrix(), offsets, ws);
+    layer(x.matrix(), out.matrix(), ctx, ws);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }

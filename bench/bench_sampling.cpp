@@ -26,6 +26,7 @@
 #include "sampling_inputs.hpp"
 
 namespace ef = eigenformer;
+namespace efs = eigenformer::sampling;
 
 namespace {
 
@@ -34,10 +35,10 @@ constexpr std::uint64_t logits_seed = 42;
 std::vector<float> realistic(ef::index_t v) { return ef::testing::realistic_logits(v, logits_seed); }
 
 /// fill + apply(s) + (the selected token, if any), per iteration.
-void run_sampler(benchmark::State& state, ef::sampler& s, const std::vector<float>& logits,
+void run_sampler(benchmark::State& state, efs::sampler& s, const std::vector<float>& logits,
                  std::span<const ef::token_id> history = {}) {
-  ef::candidates c(static_cast<ef::index_t>(logits.size()));
-  auto ctx = ef::sampling_context::for_sequence(7, 0);
+  efs::candidates c(static_cast<ef::index_t>(logits.size()));
+  auto ctx = efs::sampling_context::for_sequence(7, 0);
   ctx.history = history;
   for (auto _ : state) {
     c.fill(logits);
@@ -53,7 +54,7 @@ void run_sampler(benchmark::State& state, ef::sampler& s, const std::vector<floa
 
 void BM_fill(benchmark::State& state) {
   const auto l = realistic(state.range(0));
-  ef::candidates c(state.range(0));
+  efs::candidates c(state.range(0));
   for (auto _ : state) {
     c.fill(l);
     benchmark::DoNotOptimize(c.begin());
@@ -63,38 +64,38 @@ void BM_fill(benchmark::State& state) {
 }
 
 void BM_greedy(benchmark::State& state) {
-  ef::greedy s;
+  efs::greedy s;
   run_sampler(state, s, realistic(state.range(0)));
 }
 
 void BM_temperature(benchmark::State& state) {
-  ef::temperature s(0.8f);
+  efs::temperature s(0.8f);
   run_sampler(state, s, realistic(state.range(0)));
 }
 
 void BM_top_k(benchmark::State& state) {
-  ef::top_k s(40);
+  efs::top_k s(40);
   run_sampler(state, s, realistic(state.range(0)));
 }
 
 void BM_top_p(benchmark::State& state) {
-  ef::top_p s(0.95f);
+  efs::top_p s(0.95f);
   run_sampler(state, s, realistic(state.range(0)));
 }
 
 void BM_top_p_flat(benchmark::State& state) {
-  ef::top_p s(0.95f);
+  efs::top_p s(0.95f);
   run_sampler(state, s, ef::testing::realistic_logits(state.range(0), logits_seed, 0.5, 0));
 }
 
 void BM_min_p(benchmark::State& state) {
-  ef::min_p s(0.05f);
+  efs::min_p s(0.05f);
   run_sampler(state, s, realistic(state.range(0)));
 }
 
 /// softmax over V + inverse-CDF draw.
 void BM_distribution(benchmark::State& state) {
-  ef::distribution s;
+  efs::distribution s;
   run_sampler(state, s, realistic(state.range(0)));
 }
 
@@ -104,10 +105,10 @@ void BM_penalties(benchmark::State& state) {
   std::vector<ef::token_id> history;
   auto g = ef::detail::rng::stream(3, 0);
   for (int i = 0; i < 256; ++i) history.push_back(static_cast<ef::token_id>(g.next_u32() % 500));
-  std::vector<ef::token_bias> bias;
+  std::vector<efs::token_bias> bias;
   for (int i = 0; i < 10; ++i) bias.push_back({static_cast<ef::token_id>((i * 997) % v), 0.5f});
-  ef::chain s;
-  s.add(ef::repetition_penalty(1.1f)).add(ef::no_repeat_ngram(3)).add(ef::logit_bias(bias));
+  efs::chain s;
+  s.add(efs::repetition_penalty(1.1f)).add(efs::no_repeat_ngram(3)).add(efs::logit_bias(bias));
   run_sampler(state, s, realistic(v), history);
 }
 
@@ -120,10 +121,10 @@ void BM_default_chain(benchmark::State& state) {
 
 void BM_full_sort(benchmark::State& state) {
   const auto l = realistic(state.range(0));
-  ef::candidates c(state.range(0));
+  efs::candidates c(state.range(0));
   for (auto _ : state) {
     c.fill(l);
-    std::sort(c.begin(), c.end(), ef::ranks_before{});
+    std::sort(c.begin(), c.end(), efs::ranks_before{});
     c.set_sorted(true);
     benchmark::DoNotOptimize(c.begin());
     benchmark::ClobberMemory();
@@ -133,13 +134,13 @@ void BM_full_sort(benchmark::State& state) {
 
 void BM_full_sort_top_p(benchmark::State& state) {
   const auto l = realistic(state.range(0));
-  ef::candidates c(state.range(0));
-  auto ctx = ef::sampling_context::for_sequence(7, 0);
-  ef::top_p p(0.95f);
+  efs::candidates c(state.range(0));
+  auto ctx = efs::sampling_context::for_sequence(7, 0);
+  efs::top_p p(0.95f);
   for (auto _ : state) {
     c.fill(l);
     c.softmax();
-    std::sort(c.begin(), c.end(), ef::ranks_before{});
+    std::sort(c.begin(), c.end(), efs::ranks_before{});
     c.set_sorted(true);
     p.apply(c, ctx);
     benchmark::DoNotOptimize(c.begin());
@@ -151,18 +152,18 @@ void BM_full_sort_top_p(benchmark::State& state) {
 
 void BM_full_sort_chain(benchmark::State& state) {
   const auto l = realistic(state.range(0));
-  ef::candidates c(state.range(0));
-  auto ctx = ef::sampling_context::for_sequence(7, 0);
-  ef::temperature t(0.8f);
-  ef::top_k k(40);
-  ef::top_p p(0.95f);
-  ef::min_p m(0.05f);
-  ef::distribution d;
+  efs::candidates c(state.range(0));
+  auto ctx = efs::sampling_context::for_sequence(7, 0);
+  efs::temperature t(0.8f);
+  efs::top_k k(40);
+  efs::top_p p(0.95f);
+  efs::min_p m(0.05f);
+  efs::distribution d;
   for (auto _ : state) {
     c.fill(l);
     c.clear_selection();
     t.apply(c, ctx);
-    std::sort(c.begin(), c.end(), ef::ranks_before{});
+    std::sort(c.begin(), c.end(), efs::ranks_before{});
     c.set_sorted(true);
     k.apply(c, ctx);
     p.apply(c, ctx);

@@ -1,9 +1,9 @@
-// eigenformer: the command-line tool of shared/spec/cli.md.
+// eigenformer: the command-line tool of docs/cli.md.
 //
 //   eigenformer info     --model M
 //   eigenformer score    --model M --src-file S --tgt-file T --out O.npy [--batch-size B] [--threads N]
 //   eigenformer generate --model M --src-file S [--max-new-tokens N] [sampling options] [--beam-size K]
-//                        [--batch-size B] [--threads N]
+//                        [--length-penalty A] [--target-prefix-file P] [--batch-size B] [--threads N]
 //   eigenformer sample   --logits L.npy --n N [sampling options]
 //   sampling options: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --seed S
 //
@@ -11,8 +11,11 @@
 // float32 .npy. Every error is one line on stderr naming the file, line, tensor or option at
 // fault, with exit status 1 (2 for a command-line mistake). Output files appear whole or not at all.
 #include <eigenformer/eigenformer.hpp>
+#include <eigenformer/io/npy.hpp>
 
 #include <charconv>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -20,9 +23,11 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ef = eigenformer;
+namespace efs = eigenformer::sampling;
 using ef::index_t;
 using ef::token_id;
 
@@ -60,29 +65,38 @@ const std::map<std::string, std::string> command_help = {
      "usage: eigenformer generate --model M --src-file S [options]\n"
      "  Decodes every line of S from bos_id until eos_id (not printed) or --max-new-tokens, and prints one\n"
      "  line of generated ids per source line, in order. Greedy unless a sampling option is given.\n"
-     "  --max-new-tokens N   default 128 (never more than the model's max_positions)\n"
-     "  --temperature T      0 = greedy\n"
-     "  --top-k K            keep the K most probable tokens (0 = off)\n"
-     "  --top-p P            keep the smallest set of most probable tokens with mass >= P, in (0, 1]\n"
-     "  --min-p P            keep tokens with probability >= P x the largest, in [0, 1]\n"
-     "  --seed S             same seed, same output (default 0)\n"
-     "  --beam-size K        beam search with K beams (no sampling options)\n"
-     "  --batch-size B       lines decoded together (default 32; the output does not depend on it)\n"
-     "  --threads N          threads to use (default: all cores)\n"
+     "  --max-new-tokens N        default 128 (never more than the model's max_positions); a forced\n"
+     "                            prefix counts towards it\n"
+     "  --temperature T           0 = greedy\n"
+     "  --top-k K                 keep the K most probable tokens (0 = off)\n"
+     "  --top-p P                 keep the smallest set of most probable tokens with mass >= P, in (0, 1]\n"
+     "  --min-p P                 keep tokens with probability >= P x the largest, in [0, 1]\n"
+     "  --seed S                  same seed, same output (default 0)\n"
+     "  --beam-size K             beam search with K beams (no sampling options)\n"
+     "  --length-penalty A        beam search ranks hypotheses by score / length^A (default 1; accepted,\n"
+     "                            and without effect, with one beam)\n"
+     "  --target-prefix-file P    token ids, one line per line of S: line n's ids are forced as the first\n"
+     "                            generated tokens of sequence n and printed with them (an empty line\n"
+     "                            forces nothing)\n"
+     "  --batch-size B            lines decoded together (default 32; the output does not depend on it)\n"
+     "  --threads N               threads to use (default: all cores)\n"
      "  Sampling options apply in the order temperature, top-k, top-p, min-p, then a draw.\n"},
     {"sample",
      "usage: eigenformer sample --logits L.npy --n N [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]\n"
      "  Applies the sampler chain to logits [V] (float32 or float64 .npy) and draws N tokens; prints one line\n"
-     "  of V counts. Options as for generate; --batch-size and --threads are accepted and have no effect.\n"},
+     "  of V counts. It always draws: with no sampling option, from softmax(logits) (temperature 1);\n"
+     "  --temperature 0 puts all N on the most probable token. Options as for generate; --length-penalty,\n"
+     "  --batch-size and --threads are accepted and have no effect.\n"},
 };
 
 const std::map<std::string, std::set<std::string>> command_options = {
     {"info", {"model"}},
     {"score", {"model", "src-file", "tgt-file", "out", "batch-size", "threads"}},
     {"generate",
-     {"model", "src-file", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "seed", "beam-size", "batch-size",
-      "threads"}},
-    {"sample", {"logits", "n", "temperature", "top-k", "top-p", "min-p", "seed", "batch-size", "threads"}},
+     {"model", "src-file", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "seed", "beam-size",
+      "length-penalty", "target-prefix-file", "batch-size", "threads"}},
+    {"sample",
+     {"logits", "n", "temperature", "top-k", "top-p", "min-p", "seed", "length-penalty", "batch-size", "threads"}},
 };
 
 /// The options of one command: "--name value" pairs, each given at most once.
@@ -198,26 +212,29 @@ index_t batch_size(const options& o, index_t fallback) {
   return b ? *b : fallback;
 }
 
-/// The sampler chain of the command line, or nullopt for greedy. Option errors name the option.
-std::optional<ef::chain> sampler_chain(const options& o) {
-  ef::sampling_options s;
+/// The library's names of the sampling options (the subject() of its errors) and the tool's.
+const std::map<std::string, std::string> sampling_option_names = {
+    {"temperature", "--temperature"}, {"top_k", "--top-k"}, {"top_p", "--top-p"}, {"min_p", "--min-p"}};
+
+/// The sampler chain of the command line, or nullopt for greedy. With no sampling option the chain
+/// is greedy, unless `draw_by_default`: then it draws from softmax(logits), as temperature 1 does.
+/// Option errors name the option as the user typed it (--top-p). The seed is not the chain's: it
+/// goes to the sampling context of each sequence (generation_options::seed).
+std::optional<efs::chain> sampler_chain(const options& o, bool draw_by_default) {
+  efs::sampling_options s;
   s.temperature = o.number<float>("temperature");
   s.top_k = o.number<index_t>("top-k");
   s.top_p = o.number<float>("top-p");
   s.min_p = o.number<float>("min-p");
-  if (const auto seed = o.number<std::uint64_t>("seed")) s.seed = *seed;
+  if (draw_by_default && !s.temperature && !s.top_k && !s.top_p && !s.min_p) s.temperature = 1.0f;
   try {
-    auto chain = ef::make_chain(s);
+    auto chain = efs::make_chain(s);
     if (s.greedy()) return std::nullopt;
     return chain;
   } catch (const ef::invalid_argument& e) {
-    // The library names options as in code (top_p); the tool's user typed --top-p.
-    std::string msg = e.what();
-    const auto colon = msg.find(':');
-    std::string name = msg.substr(0, colon);
-    for (auto& ch : name)
-      if (ch == '_') ch = '-';
-    throw usage_error("--" + name + msg.substr(colon));
+    const auto name = sampling_option_names.find(e.subject());
+    if (name == sampling_option_names.end()) throw;
+    throw usage_error(name->second, e.detail());  // the detail after the option the user typed
   }
 }
 
@@ -281,7 +298,7 @@ int run_score(const options& o) {
 int run_generate(const options& o) {
   const std::string model_path = o.required("model"), src_path = o.required("src-file");
   apply_threads(o);
-  const auto chain = sampler_chain(o);
+  const auto chain = sampler_chain(o, /*draw_by_default=*/false);
   ef::generation_options g;
   if (const auto n = o.number<index_t>("max-new-tokens")) {
     if (*n < 1) throw usage_error("--max-new-tokens: " + std::to_string(*n) + ", expected 1 or more");
@@ -292,25 +309,53 @@ int run_generate(const options& o) {
     if (*k > 1 && chain) throw usage_error("--beam-size: beam search is deterministic, it takes no sampling option");
     g.beam_size = *k;
   }
+  if (const auto a = o.number<double>("length-penalty")) g.length_penalty = *a;  // finite: number() checks
   if (const auto seed = o.number<std::uint64_t>("seed")) g.seed = *seed;
   if (chain) g.sampler = &*chain;
+  const index_t B = batch_size(o, 32);
   const auto src = read_token_file(src_path);
+  std::optional<std::string> prefix_path;
+  std::vector<std::vector<token_id>> prefixes;  // one per source line, or none
+  if (o.has("target-prefix-file")) {
+    prefix_path = o.required("target-prefix-file");
+    prefixes = read_token_file(*prefix_path);
+    if (prefixes.size() != src.size()) {
+      throw ef::format_error(*prefix_path + ": " + std::to_string(prefixes.size()) + " lines, expected " +
+                             std::to_string(src.size()) + " (one per line of " + src_path + ")");
+    }
+  }
   const auto m = ef::load_model<float>(model_path);
   const auto& c = m.config();
   check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
+  if (prefix_path) {
+    // A prefix counts towards --max-new-tokens and may not hold the end token (it would end the line).
+    check_lines(*prefix_path, prefixes, c.tgt_vocab_size, c.max_sequence_length(), "target", true);
+    for (std::size_t n = 0; n < prefixes.size(); ++n) {
+      if (static_cast<index_t>(prefixes[n].size()) > g.max_new_tokens) {
+        throw ef::format_error(*prefix_path + ":" + std::to_string(n + 1) + ": " + std::to_string(prefixes[n].size()) +
+                               " tokens, expected at most " + std::to_string(g.max_new_tokens) + " (--max-new-tokens)");
+      }
+      for (token_id id : prefixes[n])
+        if (id == c.eos_id) {
+          throw ef::format_error(*prefix_path + ":" + std::to_string(n + 1) + ": token id " + std::to_string(id) +
+                                 " is the end token (eos_id), expected ids to force before it");
+        }
+    }
+  }
   const index_t lines = static_cast<index_t>(src.size());
-  const index_t B = batch_size(o, 32);
   std::string text;
   for (index_t first = 0; first < lines; first += B) {
     const index_t n = std::min(B, lines - first);
     const std::vector<std::vector<token_id>> s(src.begin() + first, src.begin() + first + n);
+    if (prefix_path) g.prefix.assign(prefixes.begin() + first, prefixes.begin() + first + n);  // this batch's lines
     g.stream_offset = static_cast<std::uint64_t>(first);  // line i always draws from stream (seed, i)
     const auto results = ef::generate(m, ef::token_batch::from_sequences(s), g);
     text.clear();
     for (const auto& r : results) {
-      for (std::size_t i = 0; i < r.tokens.size(); ++i) {
+      const auto& tokens = r.best().tokens;
+      for (std::size_t i = 0; i < tokens.size(); ++i) {
         if (i) text += ' ';
-        text += std::to_string(r.tokens[i]);
+        text += std::to_string(tokens[i]);
       }
       text += '\n';
     }
@@ -327,20 +372,21 @@ int run_sample(const options& o) {
   if (*n < 0) throw usage_error("--n: " + std::to_string(*n) + ", expected 0 or more");
   apply_threads(o);
   batch_size(o, 1);
-  auto chain = sampler_chain(o);
+  (void)o.number<double>("length-penalty");  // a common option (docs/cli.md): validated, no beams here
+  auto chain = sampler_chain(o, /*draw_by_default=*/true);
   const auto logits = ef::io::read_npy<float>(logits_path);
   if (logits.rank() != 1) {
     throw ef::format_error(logits_path + ": shape " + logits.shape().str() + ", expected [V] (one row of logits)");
   }
   const index_t V = logits.size();
-  ef::chain greedy_chain;
-  greedy_chain.add(ef::greedy());
-  ef::sampler& s = chain ? static_cast<ef::sampler&>(*chain) : greedy_chain;
-  ef::candidates buffer(V);
-  auto ctx = ef::sampling_context::for_sequence(o.number<std::uint64_t>("seed").value_or(0), 0);
+  efs::chain greedy_chain;  // --temperature 0
+  greedy_chain.add(efs::greedy());
+  efs::sampler& s = chain ? static_cast<efs::sampler&>(*chain) : greedy_chain;
+  efs::candidates buffer(V);
+  auto ctx = efs::sampling_context::for_sequence(o.number<std::uint64_t>("seed").value_or(0), 0);
   std::vector<std::int64_t> counts(static_cast<std::size_t>(V), 0);
   for (index_t i = 0; i < *n; ++i) {
-    const token_id t = ef::sample(s, logits.values(), buffer, ctx);
+    const token_id t = efs::sample(s, logits.values(), buffer, ctx);
     ++counts[static_cast<std::size_t>(t)];
   }
   std::string text;

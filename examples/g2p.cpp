@@ -50,7 +50,7 @@ int main(int argc, char** argv) try {
   const auto results = ef::generate(model, ef::token_batch::from_sequences(words), options);
   for (std::size_t w = 0; w < results.size(); ++w) {
     std::cout << argv[w + 2] << "\t";
-    for (ef::token_id p : results[w].tokens) std::cout << phonemes.at(std::size_t(p)) << ' ';
+    for (ef::token_id p : results[w].best().tokens) std::cout << phonemes.at(std::size_t(p)) << ' ';
     std::cout << '\n';
   }
   return 0;

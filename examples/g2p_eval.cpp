@@ -93,7 +93,7 @@ run_result decode(const ef::model<float>& m, const std::vector<std::vector<token
                                                   words.begin() + long(std::min(words.size(), first + batch)));
     for (const auto& res : ef::generate(m, ef::token_batch::from_sequences(part), o)) {
       std::vector<std::string> out;
-      for (token_id t : res.tokens) out.push_back(phonemes.at(std::size_t(t)));
+      for (token_id t : res.best().tokens) out.push_back(phonemes.at(std::size_t(t)));
       r.output.push_back(out);
     }
   }

@@ -1,4 +1,4 @@
-// The command-line tool (shared/spec/cli.md), driven as a user drives it: exit codes, stdout,
+// The command-line tool (docs/cli.md), driven as a user drives it: exit codes, stdout,
 // the one-line errors on stderr, and output files that appear whole or not at all.
 #include <eigenformer/io/npy.hpp>
 
@@ -32,10 +32,12 @@ fs::path scratch() {
   return dir;
 }
 
-/// Runs the tool with `args` (a shell-quoted string), capturing stdout and stderr.
-run_result run(const std::string& args) {
+/// Runs the tool with `args` (a shell-quoted string), capturing stdout and stderr. `setup` is shell
+/// code run first in the same shell (limits, traps), whose settings the tool inherits.
+run_result run(const std::string& args, const std::string& setup = "") {
   const auto out = scratch() / "stdout", err = scratch() / "stderr";
-  const std::string cmd = std::string("'") + EIGENFORMER_CLI + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
+  const std::string cmd =
+      setup + "'" + EIGENFORMER_CLI + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
   const int raw = std::system(cmd.c_str());
   return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, read_file(out), read_file(err)};
 }
@@ -45,6 +47,26 @@ std::string tmp_path(const std::string& name) { return (scratch() / name).string
 std::string fixture(const std::string& name, const std::string& file) { return (fixture_root() / name / file).string(); }
 
 const std::string base = "postln_relu_paper_f32";
+
+/// The lines of the tool's output, each as its token ids.
+std::vector<std::vector<long>> id_lines(const std::string& text) {
+  std::vector<std::vector<long>> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream ids(line);
+    lines.emplace_back();
+    for (long id; ids >> id;) lines.back().push_back(id);
+  }
+  return lines;
+}
+
+/// The V counts `sample` prints.
+std::vector<long> counts_of(const std::string& text) {
+  std::vector<long> c;
+  std::istringstream in(text);
+  for (long x; in >> x;) c.push_back(x);
+  return c;
+}
 
 /// Asserts a failed run: the status, a single line on stderr containing `needle`, nothing on stdout.
 void expect_error(const run_result& r, int status, const std::string& needle) {
@@ -92,10 +114,28 @@ TEST(Cli, GenerateIsReproducibleAndIndependentOfBatchSize) {
     EXPECT_EQ(a.out, b.out) << opts;
     EXPECT_EQ(std::count(a.out.begin(), a.out.end(), '\n'), 3) << a.out;  // one line per source line
   }
-  const auto s1 = run("generate" + model + " --temperature 1.5 --seed 1");
-  const auto s2 = run("generate" + model + " --temperature 1.5 --seed 2");
-  EXPECT_NE(s1.out, s2.out);
   EXPECT_EQ(run("generate" + model + " --temperature 0").out, run("generate" + model).out);  // T = 0 is greedy
+}
+
+// --seed is the one seed (generation_options::seed): another seed, other draws; the same seed, the
+// same output. Catches a tool that puts the seed where nothing reads it (it used to set
+// sampling_options::seed as well, which the chain ignores): both seeds would then give one output;
+// and a seed taken from the clock or std::random_device: two runs with one seed would differ.
+TEST(Cli, SeedChoosesTheDraws) {
+  const std::string model = " --model " + fixture(base, "model.safetensors") + " --src-file " + fixture(base, "src.txt");
+  const auto s1 = run("generate" + model + " --temperature 1.5 --seed 1");
+  const auto s1_again = run("generate" + model + " --temperature 1.5 --seed 1");
+  const auto s2 = run("generate" + model + " --temperature 1.5 --seed 2");
+  ASSERT_EQ(s1.status, 0) << s1.err;
+  ASSERT_EQ(s2.status, 0) << s2.err;
+  EXPECT_EQ(s1.out, s1_again.out);
+  EXPECT_NE(s1.out, s2.out);
+
+  const std::string logits = tmp_path("flat.npy");
+  ef::io::write_npy(logits, ef::tensor<float>({8}));  // 8 equal logits
+  const std::string draw = "sample --logits " + logits + " --n 200 --temperature 1 --seed ";
+  EXPECT_EQ(run(draw + "1").out, run(draw + "1").out);
+  EXPECT_NE(run(draw + "1").out, run(draw + "2").out);
 }
 
 TEST(Cli, SampleCountsFollowTheTruncatedDistribution) {
@@ -114,9 +154,132 @@ TEST(Cli, SampleCountsFollowTheTruncatedDistribution) {
   EXPECT_EQ(c[1], 0);
   EXPECT_EQ(c[2] + c[3], 70000);
   EXPECT_NEAR(double(c[3]) / 70000, 4.0 / 7.0, 0.01);
-  EXPECT_EQ(run("sample --logits " + logits + " --n 5").out, "0 0 0 5\n");  // no option: greedy
+  EXPECT_EQ(run("sample --logits " + logits + " --n 5 --temperature 0").out, "0 0 0 5\n");  // T = 0: greedy
   EXPECT_EQ(run("sample --logits " + logits + " --n 100 --temperature 1 --seed 9").out,
             run("sample --logits " + logits + " --n 100 --temperature 1 --seed 9").out);
+}
+
+// `sample` always draws: with no option, from softmax(logits) (temperature 1), unlike `generate`,
+// which is greedy by default. Catches a tool that reuses generate's default for sample (every draw
+// on the argmax: counts 0 0 0 N) and one that draws from something else than softmax(logits) (a
+// uniform pick, or a tempered distribution: the counts or the exact draws of temperature 1 differ).
+TEST(Cli, SampleDrawsWithoutOptions) {
+  // Flat logits: each of the 4 tokens has p = 1/4, so each count is Binomial(4000, 1/4): mean
+  // 1000, standard deviation sqrt(4000 x 1/4 x 3/4) = 27.4. The bound, 6 standard deviations (165),
+  // is passed by a correct sampler with probability 1 - 2e-9 per count whatever the seed, while
+  // the argmax (4000 0 0 0) misses it by thousands.
+  const std::string flat = tmp_path("flat.npy");
+  ef::io::write_npy(flat, ef::tensor<float>({4}));
+  const auto r = run("sample --logits " + flat + " --n 4000");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto c = counts_of(r.out);
+  ASSERT_EQ(c.size(), 4u) << r.out;
+  for (long x : c) EXPECT_NEAR(double(x), 1000.0, 165.0) << r.out;
+  EXPECT_EQ(c[0] + c[1] + c[2] + c[3], 4000);
+
+  // {0.1, 0.2, 0.3, 0.4}: not all on the argmax; and exactly the draws of --temperature 1, seed for seed.
+  const std::string skewed = tmp_path("skewed.npy");
+  ef::tensor<float> l({4});
+  const double p[] = {0.1, 0.2, 0.3, 0.4};
+  for (int i = 0; i < 4; ++i) l(i) = float(std::log(p[i]));
+  ef::io::write_npy(skewed, l);
+  const auto d = run("sample --logits " + skewed + " --n 1000 --seed 9");
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_NE(d.out, "0 0 0 1000\n");
+  const auto dc = counts_of(d.out);
+  ASSERT_EQ(dc.size(), 4u) << d.out;
+  for (int i = 0; i < 4; ++i) {  // Binomial(1000, p_i): 6 standard deviations, as above
+    EXPECT_NEAR(double(dc[static_cast<std::size_t>(i)]), 1000 * p[i], 6 * std::sqrt(1000 * p[i] * (1 - p[i]))) << d.out;
+  }
+  EXPECT_EQ(d.out, run("sample --logits " + skewed + " --n 1000 --seed 9 --temperature 1").out);
+  // generate keeps its greedy default: no option and --temperature 0 agree.
+  const std::string model = " --model " + fixture(base, "model.safetensors") + " --src-file " + fixture(base, "src.txt");
+  EXPECT_EQ(run("generate" + model + " --max-new-tokens 8").out, run("generate" + model + " --max-new-tokens 8 --temperature 0").out);
+}
+
+// --target-prefix-file: line n's ids are the first generated tokens of line n, printed with them;
+// an empty line forces nothing. Catches a tool that ignores the file, one that forces the prefix but
+// does not print it, and one that gives every batch the prefixes of the first lines (or all of
+// them) instead of its own slice: --batch-size 1 and 2 would then differ from one batch, or fail.
+TEST(Cli, TargetPrefixStartsEachLine) {
+  const std::string model = " --model " + fixture(base, "model.safetensors") + " --src-file " + fixture(base, "src.txt");
+  const std::string prefix = tmp_path("prefix.txt");
+  write_file(prefix, "5 6\n\n9 3 4\n");
+  const std::vector<std::vector<long>> forced = {{5, 6}, {}, {9, 3, 4}};
+  const auto plain = run("generate" + model + " --max-new-tokens 10");
+  ASSERT_EQ(plain.status, 0) << plain.err;
+  for (const std::string opts : {"", " --temperature 0.9 --seed 4", " --beam-size 3"}) {
+    SCOPED_TRACE(opts);
+    const auto r = run("generate" + model + opts + " --max-new-tokens 10 --target-prefix-file " + prefix);
+    ASSERT_EQ(r.status, 0) << r.err;
+    const auto lines = id_lines(r.out);
+    ASSERT_EQ(lines.size(), 3u) << r.out;
+    for (std::size_t n = 0; n < 3; ++n) {
+      ASSERT_GE(lines[n].size(), forced[n].size()) << r.out;
+      EXPECT_TRUE(std::equal(forced[n].begin(), forced[n].end(), lines[n].begin())) << "line " << n + 1 << ": " << r.out;
+    }
+    if (opts.empty()) {
+      EXPECT_EQ(lines[1], id_lines(plain.out)[1]);  // an empty prefix line: as without the file
+    }
+    for (const std::string b : {" --batch-size 1", " --batch-size 2"}) {
+      EXPECT_EQ(run("generate" + model + opts + " --max-new-tokens 10 --target-prefix-file " + prefix + b).out, r.out) << b;
+    }
+  }
+}
+
+// Errors of --target-prefix-file name the file, and the line for a bad id. Catches a prefix checked
+// against the source vocabulary instead of the target one (25 is a target id only), a bad id
+// reported without its file and line, and a file of the wrong length silently padded or cut.
+TEST(Cli, TargetPrefixFileErrors) {
+  const std::string model = " --model " + fixture(base, "model.safetensors") + " --src-file " + fixture(base, "src.txt");
+  const std::string prefix = tmp_path("prefix.txt");
+  write_file(prefix, "5 6\n4 40\n1\n");
+  expect_error(run("generate" + model + " --target-prefix-file " + prefix), 1,
+               "prefix.txt:2: token id 40 outside the target vocabulary (0 to 28)");
+  write_file(prefix, "5 6\n\n25\n");  // 25 is a target id (vocabulary 29) but not a source id (23)
+  EXPECT_EQ(run("generate" + model + " --max-new-tokens 3 --target-prefix-file " + prefix).status, 0);
+  write_file(prefix, "5 6\n4\n");
+  expect_error(run("generate" + model + " --target-prefix-file " + prefix), 1,
+               "prefix.txt: 2 lines, expected 3 (one per line of ");
+  write_file(prefix, "5 6\n4 y\n1\n");
+  expect_error(run("generate" + model + " --target-prefix-file " + prefix), 1, "prefix.txt:2: 'y' is not a token id");
+  expect_error(run("generate" + model + " --target-prefix-file /nonexistent/prefix.txt"), 1, "/nonexistent/prefix.txt");
+  // A prefix longer than --max-new-tokens, or holding the end token, is refused naming its line
+  // (catches a tool that cuts the prefix silently, or lets the library report "sequence 2" of a batch).
+  write_file(prefix, "5 6\n4\n1 3 4\n");
+  expect_error(run("generate" + model + " --max-new-tokens 2 --target-prefix-file " + prefix), 1,
+               "prefix.txt:3: 3 tokens, expected at most 2 (--max-new-tokens)");
+  write_file(prefix, "5 6\n4 2\n1\n");
+  expect_error(run("generate" + model + " --target-prefix-file " + prefix), 1, "prefix.txt:2: token id 2 is the end token");
+  expect_error(run("sample --logits x.npy --n 1 --target-prefix-file " + prefix), 2, "unknown option '--target-prefix-file'");
+}
+
+// --length-penalty A reaches beam search (finished hypotheses ranked by score / length^A) and is
+// accepted with one beam. On the bundled g2p model (trained, so its beams end at different
+// lengths), A = -4 favours short pronunciations and A = 4 long ones. Catches a tool that rejects
+// the option, one that parses it and drops it (-4 and 4 would agree), and one that applies it the
+// wrong way round (score x length^A: -4 would give the longer output).
+TEST(Cli, LengthPenaltyIsAccepted) {
+  const std::string src = tmp_path("words.txt");
+  write_file(src, "4 5 4 21 8\n16 12 22 22 12 22 22 12 19 19 12\n20 24 8 24 8\n");  // abare mississippi queue
+  const std::string model = " --model " + std::string(EIGENFORMER_SOURCE_DIR) + "/examples/models/g2p.safetensors --src-file " + src;
+  const std::string beam = "generate" + model + " --beam-size 4";
+  const auto shortest = run(beam + " --length-penalty -4"), longest = run(beam + " --length-penalty 4");
+  ASSERT_EQ(shortest.status, 0) << shortest.err;
+  ASSERT_EQ(longest.status, 0) << longest.err;
+  const auto tokens = [](const std::string& out) {
+    std::size_t n = 0;
+    for (const auto& line : id_lines(out)) n += line.size();
+    return n;
+  };
+  EXPECT_EQ(id_lines(shortest.out).size(), 3u) << shortest.out;
+  EXPECT_LT(tokens(shortest.out), tokens(longest.out)) << shortest.out << "\n" << longest.out;
+  EXPECT_EQ(run(beam + " --length-penalty 1").out, run(beam).out);  // the default is 1
+  const auto one = run("generate" + model + " --length-penalty 2");  // one beam: accepted, no effect
+  ASSERT_EQ(one.status, 0) << one.err;
+  EXPECT_EQ(one.out, run("generate" + model).out);
+  expect_error(run(beam + " --length-penalty much"), 2, "--length-penalty: 'much' is not a number");
+  expect_error(run(beam + " --length-penalty inf"), 2, "--length-penalty: 'inf' is not a finite number");
 }
 
 TEST(Cli, InfoAndHelp) {
@@ -178,16 +341,37 @@ TEST(Cli, OutputIsWholeOrAbsent) {
   expect_error(run("score --model " + model + " --src-file " + src + " --tgt-file " + short_tgt + " --out " + out), 1,
                "short_tgt.txt: 1 lines, expected 3");
   EXPECT_FALSE(fs::exists(out));
-  // An existing output survives a failed run untouched.
+
+  // An existing output survives a run that fails while writing it. The failure must come after
+  // the point where a careless tool would already have opened (truncated) the output: here the
+  // write itself fails. The file-size limit (ulimit -f 1: 512 bytes in dash, 1024 in bash) is
+  // below the [3, 9, 29] float32 array (3260 bytes), and SIGXFSZ is ignored (the tool inherits
+  // that), so a write past the limit fails with EFBIG instead of killing the tool. The run reads,
+  // checks and scores everything first. Catches a tool that opens the output before computing it,
+  // or writes it in place: the old file would be cut or hold a partial array; and a writer that
+  // leaves its temporary behind (checked at the end).
+  write_file(out, "previous");
+  const std::string score = "score --model " + model + " --src-file " + src + " --tgt-file " + fixture(base, "tgt.txt");
+  expect_error(run(score + " --out " + out, "ulimit -f 1 && trap '' XFSZ && "), 1, out);
+  EXPECT_EQ(read_file(out), "previous");
+  // Without the limit the same run replaces it whole (so the failure above was the write's).
+  ASSERT_EQ(run(score + " --out " + out).status, 0);
+  EXPECT_EQ(ef::io::read_npy<float>(out).shape(), ef::io::read_npy<double>(fixture_root() / base / "logprobs.npy").shape());
+
+  // The output path is a folder: everything is computed and written, and moving the file into
+  // place fails; the folder and its content stay as they were.
+  const fs::path folder = tmp_path("folder.npy");
+  fs::create_directories(folder / "inside");
+  expect_error(run(score + " --out " + folder.string()), 1, "folder.npy");
+  EXPECT_TRUE(fs::is_directory(folder / "inside"));
+
+  // A run that fails before computing anything leaves an existing output alone too.
   write_file(out, "previous");
   const std::string bad_tgt = tmp_path("bad_tgt.txt");
   write_file(bad_tgt, "1 2\n1 40\n1\n");
   expect_error(run("score --model " + model + " --src-file " + src + " --tgt-file " + bad_tgt + " --out " + out), 1,
                "bad_tgt.txt:2: token id 40 outside the target vocabulary (0 to 28)");
-  std::ifstream in(out);
-  std::string kept;
-  std::getline(in, kept);
-  EXPECT_EQ(kept, "previous");
+  EXPECT_EQ(read_file(out), "previous");
   expect_error(run("score --model " + model + " --src-file " + src + " --tgt-file " + fixture(base, "tgt.txt") +
                    " --out /nonexistent/dir/o.npy"),
                1, "/nonexistent/dir/o.npy");

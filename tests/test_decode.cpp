@@ -1,12 +1,12 @@
 // generate(): greedy, sampled and beam-search decoding against straightforward references that
-// recompute the whole prefix with model::score (no cache, no reorder), streaming, options, and
-// "no heap allocation inside a decode step" with a counting global operator new.
+// recompute the whole prefix with model::score (no cache, no reorder, no shared search code),
+// n-best lists, forced prefixes, banned tokens, streaming, options, and "no heap allocation per
+// step" of generate() itself with a counting global operator new.
 #include <eigenformer/decode.hpp>
 #include <eigenformer/sampling/sampling.hpp>
 
-#include <atomic>
-#include <cstdlib>
-#include <new>
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "support/counting_allocator.hpp"
@@ -35,6 +35,11 @@ ef::model_config decode_config(bool pre_ln = false) {
   return c;
 }
 
+template <class S>
+double tol() {
+  return std::is_same_v<S, float> ? 1e-5 : 1e-10;
+}
+
 const std::vector<std::vector<token_id>> sources{{3, 4, 5, 6, 7}, {8, 9}, {10, 11, 12}};
 
 /// Next-token log-probabilities after `prefix` (BOS first), by full recomputation.
@@ -46,31 +51,53 @@ std::vector<double> next_log_probs(const ef::model<S>& m, const std::vector<toke
   return out;
 }
 
-/// Reference greedy decoding: argmax (lowest id on ties) of recomputed log-probabilities.
+/// Reference greedy decoding: the forced tokens, then argmax (lowest id on ties) of recomputed
+/// log-probabilities over the tokens not banned, until an end token (default: eos_id).
 template <class S>
-std::vector<token_id> reference_greedy(const ef::model<S>& m, const std::vector<token_id>& src, index_t max_new) {
+std::vector<token_id> reference_greedy(const ef::model<S>& m, const std::vector<token_id>& src, index_t max_new,
+                                       const std::vector<token_id>& forced = {}, const std::vector<token_id>& banned = {},
+                                       std::vector<token_id> ends = {}) {
+  if (ends.empty()) ends = {m.config().eos_id};
   std::vector<token_id> prefix{m.config().bos_id}, out;
   for (index_t step = 0; step < max_new; ++step) {
-    const auto lp = next_log_probs(m, src, prefix);
-    const auto best = token_id(std::max_element(lp.begin(), lp.end()) - lp.begin());
-    if (best == m.config().eos_id) break;
+    token_id best = 0;
+    if (step < index_t(forced.size())) {
+      best = forced[std::size_t(step)];
+    } else {
+      auto lp = next_log_probs(m, src, prefix);
+      for (token_id b : banned) lp[std::size_t(b)] = -INFINITY;
+      best = token_id(std::max_element(lp.begin(), lp.end()) - lp.begin());
+      if (std::find(ends.begin(), ends.end(), best) != ends.end()) break;
+    }
     out.push_back(best);
     prefix.push_back(best);
   }
   return out;
 }
 
-/// Reference beam search, written for clarity: every hypothesis re-scored from scratch.
+/// Greedy tokens of every source when no end token may stop them (min_new_tokens = max).
 template <class S>
-std::pair<std::vector<token_id>, double> reference_beam(const ef::model<S>& m, const std::vector<token_id>& src, index_t K,
-                                                        index_t max_new, double alpha) {
-  struct hyp {
-    std::vector<token_id> tokens;
-    double score;
-    index_t length;
-  };
-  std::vector<hyp> live{{{}, 0.0, 0}}, done;
-  auto norm = [&](const hyp& h) { return h.score / std::pow(double(std::max<index_t>(h.length, 1)), alpha); };
+std::vector<std::vector<token_id>> unstopped(const ef::model<S>& m, index_t n) {
+  ef::generation_options o;
+  o.max_new_tokens = o.min_new_tokens = n;
+  std::vector<std::vector<token_id>> out;
+  for (const auto& r : ef::generate(m, ef::token_batch::from_sequences(sources), o)) out.push_back(r.best().tokens);
+  return out;
+}
+
+/// Reference beam search, written for clarity: every hypothesis re-scored from scratch. Returns
+/// every finished hypothesis, best normalised score first (ties: the earlier finished).
+struct ref_hyp {
+  std::vector<token_id> tokens;  // end token excluded
+  double sum = 0;
+  index_t length = 0;  // end token included
+  bool ended = false;
+  double score = 0;
+};
+template <class S>
+std::vector<ref_hyp> reference_beam(const ef::model<S>& m, const std::vector<token_id>& src, index_t K, index_t max_new,
+                                    double alpha) {
+  std::vector<ref_hyp> live{{}}, done;
   for (index_t step = 0; step < max_new && !live.empty(); ++step) {
     struct cand {
       double score;
@@ -86,15 +113,16 @@ std::pair<std::vector<token_id>, double> reference_beam(const ef::model<S>& m, c
       for (std::size_t v = 0; v < ids.size(); ++v) ids[v] = token_id(v);
       std::stable_sort(ids.begin(), ids.end(), [&](token_id a, token_id b) { return lp[std::size_t(a)] > lp[std::size_t(b)]; });
       for (index_t j = 0; j < std::min<index_t>(2 * K, index_t(ids.size())); ++j)
-        all.push_back({live[std::size_t(k)].score + lp[std::size_t(ids[std::size_t(j)])], k, ids[std::size_t(j)]});
+        all.push_back({live[std::size_t(k)].sum + lp[std::size_t(ids[std::size_t(j)])], k, ids[std::size_t(j)]});
     }
     std::stable_sort(all.begin(), all.end(), [](const cand& a, const cand& b) { return a.score > b.score; });
-    std::vector<hyp> next;
+    std::vector<ref_hyp> next;
     for (index_t r = 0; r < index_t(all.size()) && index_t(next.size()) < K; ++r) {
-      hyp h = live[std::size_t(all[std::size_t(r)].beam)];
-      h.score = all[std::size_t(r)].score;
+      ref_hyp h = live[std::size_t(all[std::size_t(r)].beam)];
+      h.sum = all[std::size_t(r)].score;
       h.length += 1;
       if (all[std::size_t(r)].tok == m.config().eos_id) {
+        h.ended = true;
         if (r < K) done.push_back(h);
         continue;
       }
@@ -105,8 +133,9 @@ std::pair<std::vector<token_id>, double> reference_beam(const ef::model<S>& m, c
     if (index_t(done.size()) >= K) break;
     if (step + 1 == max_new) done.insert(done.end(), live.begin(), live.end());
   }
-  const auto best = std::max_element(done.begin(), done.end(), [&](const hyp& a, const hyp& b) { return norm(a) < norm(b); });
-  return {best->tokens, norm(*best)};
+  for (auto& h : done) h.score = h.sum / std::pow(double(std::max<index_t>(h.length, 1)), alpha);
+  std::stable_sort(done.begin(), done.end(), [](const ref_hyp& a, const ref_hyp& b) { return a.score > b.score; });
+  return done;
 }
 
 }  // namespace
@@ -116,66 +145,102 @@ class DecodeTest : public ::testing::Test {};
 TYPED_TEST_SUITE(DecodeTest, scalar_types);
 
 TYPED_TEST(DecodeTest, GreedyEqualsFullRecomputation) {
+  // Catches: a cache that drifts from recomputation, wrong tie-breaking, log-probabilities taken
+  // after a stage changed the logits, a sum that omits the end token, a score not normalised.
+  using S = TypeParam;
   for (bool pre_ln : {false, true}) {
-    fixture<TypeParam> f(decode_config(pre_ln));
+    fixture<S> f(decode_config(pre_ln));
+    // The end token: sequence 0's third unstopped token, so that sequence 0 surely ends.
+    const token_id end = unstopped(f.m, 12)[0][2];
     ef::generation_options o;
     o.max_new_tokens = 12;
     o.return_log_probs = true;
+    o.end_tokens = {end};
+    std::vector<ef::token_event> events;
+    o.on_token = [&](const ef::token_event& e) {
+      if (e.sequence == 0) events.push_back(e);
+      return true;
+    };
     const auto results = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
     ASSERT_EQ(results.size(), sources.size());
+    ASSERT_TRUE(results[0].best().ended);
+    ASSERT_EQ(index_t(events.size()), results[0].best().length());
+    EXPECT_TRUE(events.back().is_end);
+    EXPECT_EQ(events.back().token, end);
     for (std::size_t b = 0; b < sources.size(); ++b) {
-      EXPECT_EQ(results[b].tokens, reference_greedy(f.m, sources[b], 12)) << "sequence " << b;
-      // Scores: the sum of the recomputed log-probabilities of the chosen tokens (end token included).
+      ASSERT_EQ(results[b].hypotheses.size(), 1u);
+      const auto& h = results[b].best();
+      EXPECT_EQ(h.tokens, reference_greedy(f.m, sources[b], 12, {}, {}, {end})) << "sequence " << b;
+      ASSERT_EQ(index_t(h.log_probs.size()), h.length());
       std::vector<token_id> prefix{f.c.bos_id};
-      double score = 0;
-      for (std::size_t i = 0; i < results[b].log_probs.size(); ++i) {
+      double sum = 0;
+      for (std::size_t i = 0; i < h.log_probs.size(); ++i) {
         const auto lp = next_log_probs(f.m, sources[b], prefix);
-        const token_id t = i < results[b].tokens.size() ? results[b].tokens[i] : f.c.eos_id;
-        EXPECT_NEAR(results[b].log_probs[i], lp[std::size_t(t)], (std::is_same_v<TypeParam, float> ? 1e-5 : 1e-10));
-        score += lp[std::size_t(t)];
+        const token_id t = i < h.tokens.size() ? h.tokens[i] : end;
+        EXPECT_NEAR(h.log_probs[i], lp[std::size_t(t)], tol<S>());
+        sum += lp[std::size_t(t)];
         prefix.push_back(t);
       }
-      EXPECT_NEAR(results[b].score, score, 1e-4);
+      EXPECT_NEAR(h.log_prob_sum, sum, 1e-4);
+      EXPECT_NEAR(h.score, sum / double(h.length()), 1e-4);  // length_penalty 1
     }
   }
 }
 
-TYPED_TEST(DecodeTest, BeamSearchEqualsReference) {
-  for (index_t K : {2, 3}) {
+TYPED_TEST(DecodeTest, BeamSearchNBestEqualsReference) {
+  // Catches: wrong parents after a reorder (cache or token history), end tokens counted outside
+  // the K best, early stopping at the wrong time, length penalty on the wrong length, n-best
+  // lists in the wrong order or with the wrong scores, K = 1 diverging from greedy.
+  using S = TypeParam;
+  for (index_t K : {1, 2, 3}) {
     for (double alpha : {0.0, 1.0}) {
-      fixture<TypeParam> f(decode_config(K == 3), 21);
+      fixture<S> f(decode_config(K == 3), 21);
       ef::generation_options o;
       o.max_new_tokens = 8;
       o.beam_size = K;
+      o.num_return_sequences = K;
       o.length_penalty = alpha;
       const auto results = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
       for (std::size_t b = 0; b < sources.size(); ++b) {
-        const auto [tokens, score] = reference_beam(f.m, sources[b], K, 8, alpha);
-        EXPECT_EQ(results[b].tokens, tokens) << "K=" << K << " alpha=" << alpha << " sequence " << b;
-        EXPECT_NEAR(results[b].score, score, 1e-4);
+        SCOPED_TRACE("K=" + std::to_string(K) + " alpha=" + std::to_string(alpha) + " sequence " + std::to_string(b));
+        const auto ref = reference_beam(f.m, sources[b], K, 8, alpha);
+        const auto& got = results[b].hypotheses;
+        ASSERT_EQ(got.size(), std::min<std::size_t>(std::size_t(K), ref.size()));
+        for (std::size_t j = 0; j < got.size(); ++j) {
+          EXPECT_EQ(got[j].tokens, ref[j].tokens) << "hypothesis " << j;
+          EXPECT_EQ(got[j].ended, ref[j].ended) << "hypothesis " << j;
+          EXPECT_EQ(got[j].length(), ref[j].length);
+          EXPECT_NEAR(got[j].log_prob_sum, ref[j].sum, 1e-4);
+          EXPECT_NEAR(got[j].score, ref[j].score, 1e-4);
+        }
+        if (K == 1) {
+          EXPECT_EQ(got[0].tokens, reference_greedy(f.m, sources[b], 8));
+        }
       }
     }
   }
 }
 
 TYPED_TEST(DecodeTest, BeamOfOneIsGreedy) {
-  fixture<TypeParam> f(decode_config());
-  ef::generation_options greedy, beam;
-  greedy.max_new_tokens = beam.max_new_tokens = 10;
-  beam.beam_size = 1;
-  const auto src = ef::token_batch::from_sequences(sources);
-  const auto a = ef::generate(f.m, src, greedy);
-  const auto b = ef::generate(f.m, src, beam);
-  for (std::size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].tokens, b[i].tokens);
+  // beam_size 1 runs the one search (there is no other loop) and must equal an independent greedy
+  // decoder. Catches: the K = 1 selection keeping a second-ranked token, an end token at rank 0
+  // not finishing the sequence, a sampler path taken without a sampler.
+  using S = TypeParam;
+  fixture<S> f(decode_config());
+  ef::generation_options o;
+  o.max_new_tokens = 10;
+  o.beam_size = 1;
+  const auto results = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
+  for (std::size_t b = 0; b < sources.size(); ++b) EXPECT_EQ(results[b].best().tokens, reference_greedy(f.m, sources[b], 10));
 }
 
 TYPED_TEST(DecodeTest, SamplingIsReproducibleAndIndependentOfBatchComposition) {
   fixture<TypeParam> f(decode_config());
-  ef::sampling_options so;
+  ef::sampling::sampling_options so;
   so.temperature = 1.5f;
   so.top_k = 8;
   so.top_p = 0.95f;
-  auto chain = ef::make_chain(so);
+  auto chain = ef::sampling::make_chain(so);
   ef::generation_options o;
   o.max_new_tokens = 10;
   o.sampler = &chain;
@@ -183,28 +248,28 @@ TYPED_TEST(DecodeTest, SamplingIsReproducibleAndIndependentOfBatchComposition) {
   const auto batch = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
   const auto again = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
   for (std::size_t b = 0; b < sources.size(); ++b) {
-    EXPECT_EQ(batch[b].tokens, again[b].tokens);
+    EXPECT_EQ(batch[b].best().tokens, again[b].best().tokens);
     auto alone_opt = o;
     alone_opt.stream_offset = b;  // sequence b of the batch used stream (seed, b)
     const auto alone = ef::generate(f.m, ef::token_batch::from_sequences({sources[b]}), alone_opt);
-    EXPECT_EQ(alone[0].tokens, batch[b].tokens) << "sequence " << b;
+    EXPECT_EQ(alone[0].best().tokens, batch[b].best().tokens) << "sequence " << b;
   }
   o.seed = 99;
   const auto other = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
   bool any_differs = false;
-  for (std::size_t b = 0; b < sources.size(); ++b) any_differs |= other[b].tokens != batch[b].tokens;
+  for (std::size_t b = 0; b < sources.size(); ++b) any_differs |= other[b].best().tokens != batch[b].best().tokens;
   EXPECT_TRUE(any_differs);
 }
 
 namespace {
 /// A user-defined sampler, written outside the library: bans one token.
-class ban_token final : public ef::sampler {
+class ban_token final : public ef::sampling::sampler {
  public:
   explicit ban_token(token_id t) : t_(t) {}
-  void apply(ef::candidates& c, ef::sampling_context&) override {
-    c.keep_if([&](const ef::candidate& x) { return x.id != t_; });
+  void apply(ef::sampling::candidates& c, ef::sampling::sampling_context&) override {
+    c.keep_if([&](const ef::sampling::candidate& x) { return x.id != t_; });
   }
-  std::unique_ptr<ef::sampler> clone() const override { return std::make_unique<ban_token>(*this); }
+  std::unique_ptr<ef::sampling::sampler> clone() const override { return std::make_unique<ban_token>(*this); }
   std::string name() const override { return "ban_token"; }
 
  private:
@@ -212,26 +277,41 @@ class ban_token final : public ef::sampler {
 };
 }  // namespace
 
-TYPED_TEST(DecodeTest, UserSamplerInAChain) {
-  fixture<TypeParam> f(decode_config());
+TYPED_TEST(DecodeTest, UserSamplerAndBannedTokens) {
+  // The same ban two ways: a user sampler in a chain, and generation_options::banned_tokens (a
+  // stage every search applies). Both must equal the reference greedy decoder that never picks the
+  // token; catches a ban applied after the choice, or only on the first step, or not in beam search.
+  using S = TypeParam;
+  fixture<S> f(decode_config());
   ef::generation_options o;
   o.max_new_tokens = 10;
   const auto plain = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
-  ASSERT_FALSE(plain[0].tokens.empty());
-  const token_id banned = plain[0].tokens[0];
-  ef::chain chain;
-  chain.add(ban_token(banned)).add(ef::greedy());
-  o.sampler = &chain;
-  const auto results = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
-  for (const auto& r : results)
-    for (token_id t : r.tokens) EXPECT_NE(t, banned);
+  ASSERT_FALSE(plain[0].best().tokens.empty());
+  const token_id banned = plain[0].best().tokens[0];
+  ef::sampling::chain chain;
+  chain.add(ban_token(banned)).add(ef::sampling::greedy());
+  auto with_sampler = o;
+  with_sampler.sampler = &chain;
+  auto with_option = o;
+  with_option.banned_tokens = {banned};
+  const auto a = ef::generate(f.m, ef::token_batch::from_sequences(sources), with_sampler);
+  const auto b = ef::generate(f.m, ef::token_batch::from_sequences(sources), with_option);
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    const auto ref = reference_greedy(f.m, sources[i], 10, {}, {banned});
+    EXPECT_EQ(a[i].best().tokens, ref) << "sequence " << i;
+    EXPECT_EQ(b[i].best().tokens, ref) << "sequence " << i;
+  }
+  with_option.beam_size = 3;
+  for (const auto& r : ef::generate(f.m, ef::token_batch::from_sequences(sources), with_option))
+    for (token_id t : r.best().tokens) EXPECT_NE(t, banned);
 }
 
 TYPED_TEST(DecodeTest, StreamingCallbackSeesTokensInOrderAndCanStop) {
+  // Catches: events out of order or missing, the end token not streamed, a stop request ignored
+  // or stopping other sequences too.
   fixture<TypeParam> f(decode_config());
   ef::generation_options o;
-  o.max_new_tokens = 10;
-  o.end_tokens = {12};  // an id that is not the model's eos: sequences run long
+  o.max_new_tokens = o.min_new_tokens = 10;  // no end token: only the callback stops a sequence
   std::vector<std::vector<token_id>> streamed(sources.size());
   o.on_token = [&](const ef::token_event& e) {
     EXPECT_EQ(e.step, index_t(streamed[std::size_t(e.sequence)].size()));
@@ -239,61 +319,240 @@ TYPED_TEST(DecodeTest, StreamingCallbackSeesTokensInOrderAndCanStop) {
     return !(e.sequence == 1 && e.step == 2);  // stop sequence 1 after its third token
   };
   const auto results = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
-  for (std::size_t b = 0; b < sources.size(); ++b) {
-    auto expected = results[b].tokens;
-    if (results[b].ended) expected.push_back(12);
-    EXPECT_EQ(streamed[b], expected);
-  }
-  EXPECT_EQ(results[1].tokens.size(), 3u);
-  EXPECT_FALSE(results[1].ended);
+  for (std::size_t b = 0; b < sources.size(); ++b) EXPECT_EQ(streamed[b], results[b].best().tokens);
+  EXPECT_EQ(results[1].best().tokens.size(), 3u);
+  EXPECT_FALSE(results[1].best().ended);
+  EXPECT_EQ(results[0].best().tokens.size(), 10u);  // the others go on
+  EXPECT_EQ(results[2].best().tokens.size(), 10u);
 }
 
-TYPED_TEST(DecodeTest, MinTokensPrefixAndAlternatives) {
-  fixture<TypeParam> f(decode_config());
+TYPED_TEST(DecodeTest, BeamSearchStreamsEachSourceWhenItFinishes) {
+  // Beam results stream per source as soon as that source is done, while the others decode on.
+  // The decoder's mixture-of-experts statistics count the rows decoded so far; the events of the
+  // source that finishes first must arrive before the last rows are decoded. Catches streaming
+  // only after the whole batch (the old behaviour), and streamed tokens that differ from the result.
+  using S = TypeParam;
+  auto c = decode_config();
+  ef::moe_config moe;
+  moe.n_experts = 3;
+  moe.top_k = 1;
+  moe.gate_kind = ef::gate::top_k;
+  moe.decoder_layers = {0};
+  c.moe = moe;
+  fixture<S> f(c, 4);
+  ef::moe_router_stats stats;
+  auto decoded_rows = [&] {
+    const auto* l = stats.find("transformer.decoder.layers.0");
+    std::int64_t n = 0;
+    if (l)
+      for (auto x : l->cumulative) n += x;
+    return n;
+  };
   ef::generation_options o;
-  o.max_new_tokens = 6;
-  o.min_new_tokens = 6;  // the end token is forbidden throughout
-  o.prefix = {{7, 8}, {}, {5}};
-  o.return_alternatives = 3;
+  o.max_new_tokens = o.min_new_tokens = 12;  // no end token: a source finishes at its 12th token
+  o.prefix = {{}, {3, 4, 5, 6, 7, 8, 9, 10}, {}};  // source 1 gets there 8 steps before the others
+  o.beam_size = 3;
+  o.moe.stats = &stats;
+  std::vector<std::vector<token_id>> streamed(sources.size());
+  std::vector<std::int64_t> rows_at_event(sources.size(), -1);
+  o.on_token = [&](const ef::token_event& e) {
+    streamed[std::size_t(e.sequence)].push_back(e.token);
+    rows_at_event[std::size_t(e.sequence)] = decoded_rows();
+    return true;
+  };
   const auto results = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
-  for (std::size_t b = 0; b < sources.size(); ++b) {
-    EXPECT_EQ(results[b].tokens.size(), 6u);
-    EXPECT_FALSE(results[b].ended);
-    for (token_id t : results[b].tokens) EXPECT_NE(t, f.c.eos_id);
-    ASSERT_EQ(results[b].alternatives.size(), 6u);
-    for (const auto& alts : results[b].alternatives) {
-      ASSERT_EQ(alts.size(), 3u);
-      EXPECT_GE(alts[0].log_prob, alts[1].log_prob);
-      EXPECT_GE(alts[1].log_prob, alts[2].log_prob);
+  const std::int64_t total = decoded_rows();
+  for (std::size_t b = 0; b < sources.size(); ++b) EXPECT_EQ(streamed[b], results[b].best().tokens) << "sequence " << b;
+  EXPECT_LT(rows_at_event[1], rows_at_event[0]);
+  EXPECT_EQ(rows_at_event[0], total);
+}
+
+TYPED_TEST(DecodeTest, ForcedPrefixMinimumLengthAndAlternatives) {
+  // Catches: a prefix fed one token per step but scored wrongly, prefix log-probabilities not
+  // those of recomputation, a continuation that ignores the prefix, the minimum length not
+  // enforced (or enforced on the alternatives only), alternatives out of order or not the
+  // model's log-probabilities.
+  using S = TypeParam;
+  fixture<S> f(decode_config());
+  // The end token: sequence 1's first unstopped token, so that without a minimum length sequence 1
+  // would end at once; the prefixes avoid it.
+  const token_id end = unstopped(f.m, 6)[1][0];
+  std::vector<token_id> others;
+  for (token_id t = 3; t < 13; ++t)
+    if (t != end) others.push_back(t);
+  const std::vector<std::vector<token_id>> prefix{{others[4], others[5]}, {}, {others[2]}};
+  for (index_t K : {1, 2}) {
+    SCOPED_TRACE("beam " + std::to_string(K));
+    ef::generation_options o;
+    o.max_new_tokens = 6;
+    o.end_tokens = {end};
+    o.min_new_tokens = 6;  // the end token is forbidden throughout
+    o.beam_size = K;
+    o.prefix = prefix;
+    o.return_alternatives = 3;
+    o.return_log_probs = true;
+    const auto results = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
+    for (std::size_t b = 0; b < sources.size(); ++b) {
+      const auto& h = results[b].best();
+      ASSERT_EQ(h.tokens.size(), 6u);
+      EXPECT_FALSE(h.ended);
+      ASSERT_TRUE(std::equal(prefix[b].begin(), prefix[b].end(), h.tokens.begin()));
+      if (K == 1) {
+        EXPECT_EQ(h.tokens, reference_greedy(f.m, sources[b], 6, prefix[b], {end}, {end}));
+      }
+      std::vector<token_id> history{f.c.bos_id};
+      for (index_t step = 0; step < 6; ++step) {
+        const auto lp = next_log_probs(f.m, sources[b], history);
+        const token_id t = h.tokens[std::size_t(step)];
+        EXPECT_NEAR(h.log_probs[std::size_t(step)], lp[std::size_t(t)], tol<S>()) << "step " << step;
+        const auto alts = h.alternatives_at(step);
+        ASSERT_EQ(alts.size(), 3u);
+        for (std::size_t j = 0; j < 3; ++j) {
+          EXPECT_NE(alts[j].id, end) << "step " << step;  // the minimum length removed it
+          EXPECT_NEAR(alts[j].log_prob, lp[std::size_t(alts[j].id)], tol<S>());
+          if (j > 0) {
+            EXPECT_GE(alts[j - 1].log_prob, alts[j].log_prob);
+          }
+        }
+        // greedy takes the best alternative whenever it is free to choose
+        if (K == 1 && step >= index_t(prefix[b].size())) {
+          EXPECT_EQ(alts[0].id, t) << "step " << step;
+        }
+        history.push_back(t);
+      }
     }
   }
-  EXPECT_EQ(results[0].tokens[0], 7);
-  EXPECT_EQ(results[0].tokens[1], 8);
-  EXPECT_EQ(results[2].tokens[0], 5);
+}
+
+TYPED_TEST(DecodeTest, PrefixAsLongAsTheLimit) {
+  // A prefix of exactly max_new_tokens tokens is the whole output: no free step follows (catches
+  // a search that feeds one token too many, overflowing the cache, or drops the last forced token).
+  using S = TypeParam;
+  fixture<S> f(decode_config());
+  for (index_t K : {1, 3}) {
+    ef::generation_options o;
+    o.max_new_tokens = 4;
+    o.beam_size = K;
+    o.return_log_probs = true;
+    o.prefix = {{3, 4, 5, 6}, {7}, {8, 9, 10, 11}};
+    const auto results = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
+    for (std::size_t b : {std::size_t(0), std::size_t(2)}) {
+      EXPECT_EQ(results[b].best().tokens, o.prefix[b]) << "beam " << K << " sequence " << b;
+      EXPECT_FALSE(results[b].best().ended);
+      EXPECT_EQ(results[b].best().log_probs.size(), 4u);
+    }
+    EXPECT_EQ(results[1].best().tokens.front(), 7);
+  }
 }
 
 TYPED_TEST(DecodeTest, InvalidOptionsAreNamed) {
+  // Each error names the option (as its subject) and, for combinations, the other option too.
   fixture<TypeParam> f(decode_config());
   const auto src = ef::token_batch::from_sequences(sources);
+  auto expect = [&](const ef::generation_options& o, const std::string& subject, const std::string& needle) {
+    try {
+      ef::generate(f.m, src, o);
+      ADD_FAILURE() << "expected an error naming " << subject;
+    } catch (const ef::invalid_argument& e) {
+      EXPECT_EQ(e.subject(), subject);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
   ef::generation_options o;
   o.max_new_tokens = 0;
-  EIGENFORMER_EXPECT_THROW_WITH(ef::generate(f.m, src, o), ef::invalid_argument, "max_new_tokens: 0");
+  expect(o, "max_new_tokens", "max_new_tokens: 0, expected >= 1");
+  o = {};
+  o.min_new_tokens = 5;
+  o.max_new_tokens = 4;
+  expect(o, "min_new_tokens", "min_new_tokens: 5, expected 0 to max_new_tokens 4");
   o = {};
   o.beam_size = 0;
-  EIGENFORMER_EXPECT_THROW_WITH(ef::generate(f.m, src, o), ef::invalid_argument, "beam_size: 0");
+  expect(o, "beam_size", "beam_size: 0");
   o = {};
-  ef::sampling_options so;
-  so.temperature = 0.5f;
-  auto chain = ef::make_chain(so);
+  ef::sampling::sampling_options half;
+  half.temperature = 0.5f;
+  auto chain = ef::sampling::make_chain(half);
   o.beam_size = 2;
   o.sampler = &chain;
-  EIGENFORMER_EXPECT_THROW_WITH(ef::generate(f.m, src, o), ef::invalid_argument, "beam_size: 2 with a sampler");
+  expect(o, "beam_size", "beam_size: 2 with a sampler");
+  o = {};
+  o.beam_size = 2;
+  o.num_return_sequences = 3;
+  expect(o, "num_return_sequences", "num_return_sequences: 3 with beam_size 2, expected 1 to beam_size");
+  o = {};
+  o.return_alternatives = 14;
+  expect(o, "return_alternatives", "14, expected 0 to 13");
   o = {};
   o.end_tokens = {13};
-  EIGENFORMER_EXPECT_THROW_WITH(ef::generate(f.m, src, o), ef::invalid_argument, "end_tokens: token id 13, expected 0 to 12");
+  expect(o, "end_tokens", "end_tokens: token id 13, expected 0 to 12");
+  o = {};
+  o.banned_tokens = {-1};
+  expect(o, "banned_tokens", "banned_tokens: token id -1");
   o = {};
   o.prefix = {{1}};
-  EIGENFORMER_EXPECT_THROW_WITH(ef::generate(f.m, src, o), ef::invalid_argument, "prefix: 1 prefixes for 3 sequences");
+  expect(o, "prefix", "prefix: 1 prefixes for 3 sequences");
+  o = {};
+  o.prefix = {{}, {4, 5, 6}, {}};
+  o.max_new_tokens = 2;
+  expect(o, "prefix of sequence 1", "prefix of sequence 1: 3 tokens with max_new_tokens 2");
+  o = {};
+  o.prefix = {{}, {4, 5}, {}};
+  o.banned_tokens = {5};
+  expect(o, "prefix of sequence 1", "token id 5 is in banned_tokens");
+  o = {};
+  o.prefix = {{2}, {}, {}};
+  expect(o, "prefix of sequence 0", "token id 2 is an end token");
+  o = {};
+  o.length_penalty = std::numeric_limits<double>::quiet_NaN();
+  expect(o, "length_penalty", "length_penalty: expected a finite number");
+}
+
+namespace {
+/// Heap allocations of one generate() call.
+template <class S>
+long allocations_of(const ef::model<S>& m, const ef::token_batch& src, const ef::generation_options& o) {
+  const long before = ef::testing::allocations();
+  const auto r = ef::generate(m, src, o);
+  return ef::testing::allocations() - before;
+}
+}  // namespace
+
+TYPED_TEST(DecodeTest, GenerateAllocatesNothingPerStep) {
+  // A run of 24 steps allocates exactly what a run of 6 steps allocates (setup and results), with
+  // every search, streaming, per-step log-probabilities, alternatives and a forced prefix. Catches
+  // any allocation inside the step loop: hypothesis copies, growing token lists, the per-step
+  // candidate pools of beam search, sampler scratch, the cache's reorder.
+  using S = TypeParam;
+  auto c = small_config(32, 4);
+  c.tgt_vocab_size = 300;
+  fixture<S> f(c);
+  const auto src = ef::token_batch::from_sequences({{3, 4, 5, 6}, {7, 8}});
+  ef::sampling::sampling_options so;
+  so.temperature = 1.2f;
+  so.top_k = 40;
+  so.top_p = 0.9f;
+  so.min_p = 0.01f;
+  auto chain = ef::sampling::make_chain(so);
+  long streamed = 0;
+  for (const char* mode : {"greedy", "sampled", "beam"}) {
+    SCOPED_TRACE(mode);
+    ef::generation_options o;
+    o.return_log_probs = true;
+    o.return_alternatives = 2;
+    o.prefix = {{5, 6}, {}};
+    o.on_token = [&](const ef::token_event&) { return ++streamed > 0; };
+    if (std::string(mode) == "sampled") o.sampler = &chain;
+    if (std::string(mode) == "beam") {
+      o.beam_size = 4;
+      o.num_return_sequences = 2;
+    }
+    o.max_new_tokens = o.min_new_tokens = 6;  // no end token: every run takes all its steps
+    const long short_run = allocations_of(f.m, src, o);
+    o.max_new_tokens = o.min_new_tokens = 24;
+    const long long_run = allocations_of(f.m, src, o);
+    EXPECT_EQ(long_run, short_run);
+  }
+  EXPECT_GT(streamed, 0);
 }
 
 TYPED_TEST(DecodeTest, NoHeapAllocationInsideADecodeStep) {

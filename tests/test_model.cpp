@@ -126,6 +126,121 @@ TYPED_TEST(ModelTest, ReorderFollowsParents) {
   expect_reorder_follows_parents(m, sources[0], this->tol());
 }
 
+TYPED_TEST(ModelTest, SeveralTokensOfASlotInOneCallEqualOneAtATime) {
+  // Catches: a causal mask that is missing or off by one in cached self-attention (a token would
+  // see the tokens after it), keys written at the wrong rows, positions restarting at 0 for the
+  // second token, steps advanced by one instead of by the count. Slots take 4, 1 and 3 tokens in
+  // one call, then one more token each, against the same tokens fed one call per token.
+  using S = TypeParam;
+  for (const auto& c : variants()) {
+    random_weights<S> rw(c, 13);
+    ef::model<S> m(c, rw.map());
+    const auto memory = m.encode(ef::token_batch::from_sequences(sources));
+    const std::vector<std::vector<token_id>> blocks{{1, 5, 6, 7}, {1}, {1, 2, 3}};
+    const std::vector<token_id> next{8, 9, 4};
+    const index_t V = c.tgt_vocab_size;
+    // one call per token
+    ef::kv_cache<S> one;
+    m.start_decoding(memory, 1, 8, one);
+    std::vector<std::vector<std::vector<double>>> expected(3);  // [slot][token][vocab]
+    ef::tensor<S> row({1, V});
+    for (index_t b = 0; b < 3; ++b) {
+      auto tokens = blocks[std::size_t(b)];
+      tokens.push_back(next[std::size_t(b)]);
+      for (token_id t : tokens) {
+        m.decode_step(one, std::vector<index_t>{b}, std::vector<token_id>{t}, row.matrix());
+        expected[std::size_t(b)].emplace_back(row.data(), row.data() + V);
+      }
+    }
+    // the blocks in one call (slot order 2, 0, 1), then one token each
+    ef::kv_cache<S> many;
+    m.start_decoding(memory, 1, 8, many);
+    std::vector<token_id> packed;
+    for (index_t b : {2, 0, 1}) packed.insert(packed.end(), blocks[std::size_t(b)].begin(), blocks[std::size_t(b)].end());
+    ef::tensor<S> out({index_t(packed.size()), V});
+    m.decode_step(many, {.slots = std::vector<index_t>{2, 0, 1}, .tokens = packed, .counts = std::vector<index_t>{3, 4, 1}},
+                  out.matrix());
+    index_t r = 0;
+    for (index_t b : {2, 0, 1}) {
+      EXPECT_EQ(many.steps(b), index_t(blocks[std::size_t(b)].size()));
+      for (std::size_t j = 0; j < blocks[std::size_t(b)].size(); ++j, ++r)
+        for (index_t v = 0; v < V; ++v) ASSERT_NEAR(out(r, v), expected[std::size_t(b)][j][std::size_t(v)], this->tol()) << "slot " << b << " token " << j;
+    }
+    ef::tensor<S> last({3, V});
+    m.decode_step(many, std::vector<index_t>{0, 1, 2}, next, last.matrix());
+    for (index_t b = 0; b < 3; ++b)
+      for (index_t v = 0; v < V; ++v) ASSERT_NEAR(last(b, v), expected[std::size_t(b)].back()[std::size_t(v)], this->tol()) << "slot " << b;
+  }
+}
+
+TYPED_TEST(ModelTest, DecodeStepRejectsEveryMalformedCallAndKeepsTheCache) {
+  // Catches: duplicate slots accepted (a slot's step advancing by two with one K/V row written),
+  // slots or counts out of range, a full slot overwritten, a cache from another model read with
+  // the wrong width, and a rejected call that advanced or wrote state: after every rejected call
+  // the next valid step must give exactly what a cache that never saw it gives.
+  using S = TypeParam;
+  const auto c = small_config();
+  random_weights<S> rw(c, 3);
+  ef::model<S> m(c, rw.map());
+  const index_t V = c.tgt_vocab_size;
+  const auto memory = m.encode(ef::token_batch::from_sequences(sources));
+  ef::kv_cache<S> cache, clean;
+  m.start_decoding(memory, 1, 3, cache);  // slots 0, 1, 2; 3 steps each
+  m.start_decoding(memory, 1, 3, clean);
+  ef::tensor<S> out({2, V});
+  const std::vector<token_id> two{1, 1};
+  m.decode_step(cache, std::vector<index_t>{0, 1}, two, out.matrix());
+  m.decode_step(clean, std::vector<index_t>{0, 1}, two, out.matrix());
+  using ids = std::vector<index_t>;
+  using toks = std::vector<token_id>;
+  auto bad = [&](const ef::decode_request& r, index_t rows, const std::string& needle) {
+    ef::tensor<S> o({rows, V});
+    EIGENFORMER_EXPECT_THROW_WITH(m.decode_step(cache, r, o.matrix()), ef::invalid_argument, needle);
+  };
+  bad({.slots = ids{0, 0}, .tokens = two}, 2, "decode_step: slots: slot 0 given twice, expected distinct slots");
+  bad({.slots = ids{3}, .tokens = toks{1}}, 1, "decode_step: slots: slot 3, expected 0 to 2");
+  bad({.slots = ids{-1}, .tokens = toks{1}}, 1, "slot -1, expected 0 to 2");
+  bad({.slots = ids{0}, .tokens = toks{1, 2, 3}, .counts = ids{3}}, 3, "slot 0 has consumed 1 of its 3 steps, no room for 3 more");
+  bad({.slots = ids{0}, .tokens = toks{}, .counts = ids{0}}, 0, "decode_step: counts: 0 tokens for slot 0, expected >= 1");
+  bad({.slots = ids{0, 1}, .tokens = two, .counts = ids{2}}, 2, "decode_step: counts: 1 counts for 2 slots");
+  bad({.slots = ids{0, 1}, .tokens = toks{1}}, 1, "decode_step: tokens: 1 tokens, expected 2");
+  bad({.slots = ids{0}, .tokens = toks{19}}, 1, "decode_step: tokens: token id 19, expected 0 to 18");
+  EIGENFORMER_EXPECT_THROW_WITH(m.decode_step(cache, ids{0, 1}, two, ef::make_view(out.data(), 1, V)), ef::shape_error,
+                                "decode_step: out shape [1, 19], expected [2, 19]");
+  {
+    auto other_c = small_config(24, 4);
+    random_weights<S> other_w(other_c, 3);
+    ef::model<S> other(other_c, other_w.map());
+    ef::kv_cache<S> foreign;
+    other.start_decoding(other.encode(ef::token_batch::from_sequences(sources)), 1, 3, foreign);
+    EIGENFORMER_EXPECT_THROW_WITH(m.decode_step(foreign, ids{0}, toks{1}, ef::make_view(out.data(), 1, V)),
+                                  ef::invalid_argument, "decode_step: cache: not prepared by start_decoding for this model");
+    ef::kv_cache<S> unstarted;
+    EIGENFORMER_EXPECT_THROW_WITH(m.decode_step(unstarted, ids{0}, toks{1}, ef::make_view(out.data(), 1, V)),
+                                  ef::invalid_argument, "decode_step: cache: not prepared");
+  }
+  try {
+    m.decode_step(cache, ids{0, 0}, two, out.matrix());
+  } catch (const ef::error& e) {
+    EXPECT_EQ(e.subject(), "decode_step: slots");
+  }
+  // Nothing changed: the same valid step on both caches gives the same numbers, bit for bit.
+  EXPECT_EQ(cache.steps(0), 1);
+  EXPECT_EQ(cache.steps(1), 1);
+  EXPECT_EQ(cache.steps(2), 0);
+  ef::tensor<S> a({3, V}), b({3, V});
+  m.decode_step(cache, ids{0, 1, 2}, toks{5, 6, 1}, a.matrix());
+  m.decode_step(clean, ids{0, 1, 2}, toks{5, 6, 1}, b.matrix());
+  for (index_t r = 0; r < 3; ++r)
+    for (index_t v = 0; v < V; ++v) ASSERT_EQ(a(r, v), b(r, v)) << "row " << r;
+  // A full slot is refused: slot 0 has taken 2 of 3 steps; one more fits, then none.
+  m.decode_step(cache, ids{0}, toks{7}, ef::make_view(out.data(), 1, V));
+  EIGENFORMER_EXPECT_THROW_WITH(m.decode_step(cache, ids{0}, toks{7}, ef::make_view(out.data(), 1, V)), ef::invalid_argument,
+                                "slot 0 has consumed 3 of its 3 steps, no room for 1 more");
+  EIGENFORMER_EXPECT_THROW_WITH(cache.reorder(ids{0, 1}), ef::invalid_argument, "kv_cache::reorder: 2 parents, expected 3");
+  EIGENFORMER_EXPECT_THROW_WITH(cache.reorder(ids{0, 1, 5}), ef::invalid_argument, "kv_cache::reorder: parent: 5");
+}
+
 TYPED_TEST(ModelTest, MissingUnexpectedAndMisshapenTensorsAreNamed) {
   using S = TypeParam;
   const auto c = small_config();

@@ -148,10 +148,9 @@ ef::tensor<S> hand_input() {
 template <class S>
 ef::tensor<S> run_layer(const ef::moe_layer<S>& layer, const ef::tensor<S>& x, const ef::moe_runtime& rt) {
   ef::workspace<S> ws;
-  ws.moe = &rt;
   ef::tensor<S> out({x.dim(0), x.dim(1)});
   const std::vector<index_t> offsets{0, x.dim(0)};
-  layer(x.matrix(), out.matrix(), offsets, ws);
+  layer(x.matrix(), out.matrix(), ef::forward_context{{offsets, {}, {}}, rt}, ws);
   return out;
 }
 
@@ -393,11 +392,11 @@ TYPED_TEST(MoeTest, IncrementalDecodingEqualsTeacherForcing) {
     const auto memory = m.encode(src, {.noise = v.noise});
     ef::kv_cache<S> cache;
     ef::moe_router_stats step_stats;
-    cache.moe() = {.noise = v.noise, .stats = &step_stats};
     m.start_decoding(memory, 1, 8, cache);
     {
       SCOPED_TRACE(std::string(to_string(v.c.moe->gate_kind)) + (v.noise ? " noisy" : ""));
-      ASSERT_NO_FATAL_FAILURE(expect_decode_steps_match_scores(m, cache, targets, full, this->tol()));
+      ASSERT_NO_FATAL_FAILURE(
+          expect_decode_steps_match_scores(m, cache, targets, full, this->tol(), {.noise = v.noise, .stats = &step_stats}));
     }
     // the steps together routed the decoder tokens exactly as teacher forcing did
     for (const auto& forced : forced_stats.layers()) {
@@ -557,13 +556,22 @@ TYPED_TEST(MoeTest, NoiseSourceSeesSequencesAndPositions) {
   rec.rows.clear();
   ef::kv_cache<S> cache;
   m.start_decoding(m.encode(src), 2, 4, cache);  // slots 0..3
-  cache.moe().noise = &rec;
   ef::tensor<S> lp({2, c.tgt_vocab_size});
-  m.decode_step(cache, std::vector<index_t>{3, 1}, std::vector<token_id>{1, 1}, lp.matrix());
-  m.decode_step(cache, std::vector<index_t>{1, 3}, std::vector<token_id>{2, 2}, lp.matrix());
+  const auto step = [&](std::vector<index_t> slots, std::vector<token_id> tokens, std::vector<index_t> counts = {}) {
+    lp.resize({index_t(tokens.size()), c.tgt_vocab_size});
+    m.decode_step(cache, {.slots = slots, .tokens = tokens, .counts = counts, .moe = {.noise = &rec}}, lp.matrix());
+  };
+  step({3, 1}, {1, 1});
+  step({1, 3}, {2, 2});
   got.clear();
   for (const auto& r : rec.rows) got.push_back(key(r));
   EXPECT_EQ(got, (std::vector<std::tuple<index_t, index_t, index_t>>{{1, 3, 0}, {1, 1, 0}, {1, 1, 1}, {1, 3, 1}}));
+  // several tokens of one slot in one call: consecutive positions from the slot's step
+  rec.rows.clear();
+  step({0, 1}, {1, 2, 3, 4}, {3, 1});
+  got.clear();
+  for (const auto& r : rec.rows) got.push_back(key(r));
+  EXPECT_EQ(got, (std::vector<std::tuple<index_t, index_t, index_t>>{{1, 0, 0}, {1, 0, 1}, {1, 0, 2}, {1, 1, 2}}));
 }
 
 TYPED_TEST(MoeTest, ResultsDoNotDependOnThreadTiming) {
@@ -597,19 +605,21 @@ TYPED_TEST(MoeTest, NoHeapAllocationInADecodeStep) {
     stats.keep_choices = keep;
     const auto memory = m.encode(ef::token_batch::from_sequences(sources));
     ef::kv_cache<S> cache;
-    cache.moe() = {.noise = &noise, .stats = &stats};
     m.start_decoding(memory, 2, 32, cache);
     const std::vector<index_t> slots{0, 1, 2, 3, 4, 5};
     const std::vector<token_id> tokens(slots.size(), 1);
     const std::vector<index_t> parents{1, 0, 3, 2, 5, 4};
     ef::tensor<S> out({6, c.tgt_vocab_size});
-    m.decode_step(cache, slots, tokens, out.matrix());  // the first step may allocate
+    const ef::moe_runtime rt{.noise = &noise, .stats = &stats};
+    m.decode_step(cache, {.slots = slots, .tokens = tokens, .moe = rt}, out.matrix());  // the first step may allocate
     cache.reorder(parents);
     const long before = ef::testing::allocations();
     for (int step = 0; step < 8; ++step) {
-      m.decode_step(cache, slots, tokens, out.matrix());
+      m.decode_step(cache, {.slots = slots, .tokens = tokens, .moe = rt}, out.matrix());
       cache.reorder(parents);
-      m.decode_step(cache, std::span<const index_t>(slots).first(2), std::span<const token_id>(tokens).first(2),
+      m.decode_step(cache,
+                    {.slots = std::span<const index_t>(slots).first(2), .tokens = std::span<const token_id>(tokens).first(2),
+                     .moe = rt},
                     ef::make_view(out.data(), 2, c.tgt_vocab_size));
     }
     EXPECT_EQ(ef::testing::allocations() - before, 0) << "keep_choices " << keep;
@@ -773,7 +783,6 @@ void check_golden(const std::string& name, double tol) {
     // incremental decoding reproduces the reference too
     const auto memory = m.encode(g.src, {.noise = noise});
     ef::kv_cache<S> cache;
-    cache.moe().noise = noise;
     m.start_decoding(memory, 1, g.T, cache);
     ef::tensor<S> step_lp({g.B, c.tgt_vocab_size});
     double step_err = 0;
@@ -786,7 +795,7 @@ void check_golden(const std::string& name, double tol) {
           tokens.push_back(g.tgt.sequence(b)[std::size_t(t)]);
         }
       step_lp.resize({index_t(slots.size()), c.tgt_vocab_size});
-      m.decode_step(cache, slots, tokens, step_lp.matrix());
+      m.decode_step(cache, {.slots = slots, .tokens = tokens, .moe = {.noise = noise}}, step_lp.matrix());
       for (std::size_t i = 0; i < slots.size(); ++i)
         for (index_t v = 0; v < c.tgt_vocab_size; ++v)
           step_err = std::max(step_err, std::fabs(double(step_lp(index_t(i), v)) - expected(slots[i], t, v)));

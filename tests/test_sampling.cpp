@@ -24,8 +24,9 @@
 #include "test_util.hpp"
 
 namespace ef = eigenformer;
-using ef::candidate;
-using ef::candidates;
+namespace efs = eigenformer::sampling;
+using efs::candidate;
+using efs::candidates;
 using ef::index_t;
 using ef::token_id;
 using ef::testing::default_chain;
@@ -41,12 +42,12 @@ std::vector<float> logits_of(std::vector<double> probs) {
   return l;
 }
 
-ef::sampling_context ctx_for(std::uint64_t seed = 1, std::uint64_t index = 0) {
-  return ef::sampling_context::for_sequence(seed, index);
+efs::sampling_context ctx_for(std::uint64_t seed = 1, std::uint64_t index = 0) {
+  return efs::sampling_context::for_sequence(seed, index);
 }
 
 /// Fills `c` with `logits` and applies `s` once.
-void run(ef::sampler& s, const std::vector<float>& logits, candidates& c, ef::sampling_context& ctx) {
+void run(efs::sampler& s, const std::vector<float>& logits, candidates& c, efs::sampling_context& ctx) {
   c.fill(logits);
   s.apply(c, ctx);
 }
@@ -138,12 +139,12 @@ constexpr double chi2_crit_1e6[41] = {
 
 /// Draws `n` tokens with `s` (fresh fill each step) and checks the counts against `expected`:
 /// tokens of probability 0 must never appear; the others pass a chi-square test at 1e-6.
-void expect_draws_follow(ef::sampler& s, const std::vector<float>& logits, const dist& expected, int n = 200'000,
+void expect_draws_follow(efs::sampler& s, const std::vector<float>& logits, const dist& expected, int n = 200'000,
                          std::uint64_t seed = 12345) {
   candidates c(static_cast<index_t>(logits.size()));
   auto ctx = ctx_for(seed);
   std::vector<double> count(logits.size(), 0);
-  for (int i = 0; i < n; ++i) count[static_cast<std::size_t>(ef::sample(s, logits, c, ctx))] += 1;
+  for (int i = 0; i < n; ++i) count[static_cast<std::size_t>(efs::sample(s, logits, c, ctx))] += 1;
   double chi = 0;
   int categories = 0;
   for (std::size_t t = 0; t < logits.size(); ++t) {
@@ -169,19 +170,19 @@ void expect_draws_follow(ef::sampler& s, const std::vector<float>& logits, const
 }
 
 /// A sampler written the way a user would, outside the library: removes one token.
-struct ban_token final : ef::cloneable_sampler<ban_token> {
+struct ban_token final : efs::cloneable_sampler<ban_token> {
   token_id banned;
   explicit ban_token(token_id t) : banned(t) {}
-  void apply(candidates& c, ef::sampling_context&) override {
+  void apply(candidates& c, efs::sampling_context&) override {
     c.keep_if([this](const candidate& x) { return x.id != banned; });
   }
   std::string name() const override { return "ban_token(" + std::to_string(banned) + ")"; }
 };
 
 /// A stateful user sampler: counts accepted tokens (for clone independence).
-struct accept_counter final : ef::cloneable_sampler<accept_counter> {
+struct accept_counter final : efs::cloneable_sampler<accept_counter> {
   int accepted = 0;
-  void apply(candidates&, ef::sampling_context&) override {}
+  void apply(candidates&, efs::sampling_context&) override {}
   void accept(token_id) override { ++accepted; }
   void reset() override { accepted = 0; }
   std::string name() const override { return "accept_counter"; }
@@ -297,7 +298,7 @@ TEST(Candidates, TruncateAndKeepIfRescaleAndKeepOrder) {
 TEST(Greedy, PicksTheHighestLogitWithoutSoftmax) {
   candidates c(4);
   auto ctx = ctx_for();
-  ef::greedy g;
+  efs::greedy g;
   run(g, {0.1f, 2.5f, -1.0f, 2.0f}, c, ctx);
   EXPECT_EQ(c.selected(), 1);
   EXPECT_FALSE(c.normalized());
@@ -308,7 +309,7 @@ TEST(Greedy, PicksTheHighestLogitWithoutSoftmax) {
 TEST(Greedy, TiesGoToTheLowerIdInAnyOrder) {
   candidates c(5);
   auto ctx = ctx_for();
-  ef::greedy g;
+  efs::greedy g;
   run(g, {1, 3, 0, 3, 3}, c, ctx);
   EXPECT_EQ(c.selected(), 1);
   // Reordered candidates: the tie still goes to id 1.
@@ -321,7 +322,7 @@ TEST(Greedy, TiesGoToTheLowerIdInAnyOrder) {
 TEST(Greedy, SkipsMinusInfAndRejectsAllMinusInf) {
   candidates c(3);
   auto ctx = ctx_for();
-  ef::greedy g;
+  efs::greedy g;
   run(g, {minus_inf, -50.0f, minus_inf}, c, ctx);
   EXPECT_EQ(c.selected(), 1);
   c.fill(std::vector<float>{minus_inf, minus_inf});
@@ -335,7 +336,7 @@ TEST(Greedy, SkipsMinusInfAndRejectsAllMinusInf) {
 TEST(Temperature, DividesTheLogits) {
   candidates c(3);
   auto ctx = ctx_for();
-  ef::temperature t(0.5f);
+  efs::temperature t(0.5f);
   run(t, {1, 2, 3}, c, ctx);
   EXPECT_EQ(c[0].logit, 2.0f);
   EXPECT_EQ(c[2].logit, 6.0f);
@@ -347,13 +348,13 @@ TEST(Temperature, DividesTheLogits) {
 TEST(Temperature, OneChangesNothingAndOrderSurvives) {
   candidates c(3);
   auto ctx = ctx_for();
-  ef::temperature one(1.0f);
+  efs::temperature one(1.0f);
   run(one, {1, 2, 3}, c, ctx);
   EXPECT_EQ(c[1].logit, 2.0f);
-  ef::top_k k(2);
+  efs::top_k k(2);
   c.fill(std::vector<float>{1, 2, 3});
   k.apply(c, ctx);
-  ef::temperature(2.0f).apply(c, ctx);
+  efs::temperature(2.0f).apply(c, ctx);
   EXPECT_TRUE(c.sorted());
   EXPECT_FALSE(c.normalized());
 }
@@ -361,7 +362,7 @@ TEST(Temperature, OneChangesNothingAndOrderSurvives) {
 TEST(Temperature, ZeroKeepsOnlyTheArgmax) {
   candidates c(4);
   auto ctx = ctx_for();
-  ef::temperature t(0.0f);
+  efs::temperature t(0.0f);
   run(t, {1, 5, 2, 5}, c, ctx);
   ASSERT_EQ(c.size(), 1);
   EXPECT_EQ(c[0].id, 1);  // tie to the lower id
@@ -372,7 +373,7 @@ TEST(Temperature, ZeroKeepsOnlyTheArgmax) {
 TEST(Temperature, NearZeroIsGreedyWithoutOverflow) {
   candidates c(3);
   auto ctx = ctx_for();
-  ef::temperature t(1e-30f);  // 3 / 1e-30 overflows float: logits are shifted first
+  efs::temperature t(1e-30f);  // 3 / 1e-30 overflows float: logits are shifted first
   run(t, {1, 3, 2}, c, ctx);
   c.softmax();
   EXPECT_EQ(c[1].p, 1.0f);
@@ -384,16 +385,16 @@ TEST(Temperature, NearZeroIsGreedyWithoutOverflow) {
   EXPECT_EQ(c[0].p, 0.5f);
   EXPECT_EQ(c[1].p, 0.5f);
   for (const candidate& x : c) EXPECT_FALSE(std::isnan(x.p));
-  ef::chain ch;
-  ch.add(ef::temperature(1e-6f)).add(ef::distribution());
+  efs::chain ch;
+  ch.add(efs::temperature(1e-6f)).add(efs::distribution());
   expect_draws_follow(ch, {3, 3, 2, minus_inf}, {0.5, 0.5, 0, 0}, 20'000);
 }
 
 TEST(Temperature, InvalidValuesAreErrors) {
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::temperature(-1.0f), ef::invalid_argument,
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::temperature(-1.0f), ef::invalid_argument,
                                 "temperature: -1, expected a finite value >= 0");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::temperature(std::nanf("")), ef::invalid_argument, "temperature: nan");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::temperature(std::numeric_limits<float>::infinity()), ef::invalid_argument,
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::temperature(std::nanf("")), ef::invalid_argument, "temperature: nan");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::temperature(std::numeric_limits<float>::infinity()), ef::invalid_argument,
                                 "temperature: inf");
 }
 
@@ -404,7 +405,7 @@ TEST(Temperature, InvalidValuesAreErrors) {
 TEST(TopK, KeepsTheKMostProbableRenormalised) {
   candidates c(4);
   auto ctx = ctx_for();
-  ef::top_k k(2);
+  efs::top_k k(2);
   run(k, logits_of({0.1, 0.2, 0.3, 0.4}), c, ctx);
   expect_kept(c, {{3, 0.4 / 0.7}, {2, 0.3 / 0.7}});
   EXPECT_TRUE(c.sorted());
@@ -415,7 +416,7 @@ TEST(TopK, KeepsTheKMostProbableRenormalised) {
 TEST(TopK, OneIsTheArgmax) {
   candidates c(4);
   auto ctx = ctx_for();
-  ef::top_k k(1);
+  efs::top_k k(1);
   run(k, logits_of({0.1, 0.2, 0.4, 0.3}), c, ctx);
   expect_kept(c, {{2, 1.0}});
 }
@@ -424,7 +425,7 @@ TEST(TopK, KAtLeastVKeepsAllAndZeroDisables) {
   candidates c(4);
   auto ctx = ctx_for();
   for (index_t k : {0, 4, 5, 1000}) {
-    ef::top_k f(k);
+    efs::top_k f(k);
     run(f, logits_of({0.1, 0.2, 0.3, 0.4}), c, ctx);
     expect_kept(c, {{0, 0.1}, {1, 0.2}, {2, 0.3}, {3, 0.4}});
   }
@@ -433,13 +434,13 @@ TEST(TopK, KAtLeastVKeepsAllAndZeroDisables) {
 TEST(TopK, TiesAreBrokenByLowerTokenId) {
   candidates c(6);
   auto ctx = ctx_for();
-  ef::top_k k(3);
+  efs::top_k k(3);
   run(k, {1, 2, 1, 2, 1, 2}, c, ctx);  // three 2s: ids 1, 3, 5
   ASSERT_EQ(c.size(), 3);
   EXPECT_EQ(c[0].id, 1);
   EXPECT_EQ(c[1].id, 3);
   EXPECT_EQ(c[2].id, 5);
-  ef::top_k k4(4);  // then the lowest-id 1
+  efs::top_k k4(4);  // then the lowest-id 1
   run(k4, {1, 2, 1, 2, 1, 2}, c, ctx);
   EXPECT_EQ(c[3].id, 0);
 }
@@ -453,11 +454,11 @@ TEST(TopK, MatchesFullSortOnLargeInputsWithTies) {
     l[3] = minus_inf;
     std::vector<candidate> ref(l.size());
     for (std::size_t i = 0; i < l.size(); ++i) ref[i] = {static_cast<token_id>(i), l[i], 0};
-    std::sort(ref.begin(), ref.end(), ef::ranks_before{});
+    std::sort(ref.begin(), ref.end(), efs::ranks_before{});
     for (index_t k : {index_t{1}, index_t{7}, v / 20, v / 2, v - 1}) {
       candidates c(v);
       auto ctx = ctx_for();
-      ef::top_k f(k);
+      efs::top_k f(k);
       run(f, l, c, ctx);
       ASSERT_EQ(c.size(), k);
       for (index_t i = 0; i < k; ++i) ASSERT_EQ(c[i].id, ref[static_cast<std::size_t>(i)].id) << "v " << v << " k " << k;
@@ -466,7 +467,7 @@ TEST(TopK, MatchesFullSortOnLargeInputsWithTies) {
 }
 
 TEST(TopK, NegativeKIsAnError) {
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::top_k(-1), ef::invalid_argument, "top_k: -1, expected k >= 0");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::top_k(-1), ef::invalid_argument, "top_k: -1, expected k >= 0");
 }
 
 // ================================================================================================
@@ -477,16 +478,16 @@ TEST(TopP, HandCheckedCases) {
   candidates c(4);
   auto ctx = ctx_for();
   const auto l = logits_of({0.1, 0.2, 0.3, 0.4});
-  ef::top_p p07(0.7f);
+  efs::top_p p07(0.7f);
   run(p07, l, c, ctx);  // 0.4 + 0.3 reaches 0.7 exactly
   expect_kept(c, {{3, 0.4 / 0.7}, {2, 0.3 / 0.7}});
-  ef::top_p p075(0.75f);
+  efs::top_p p075(0.75f);
   run(p075, l, c, ctx);  // crossing token (0.2) kept
   expect_kept(c, {{3, 0.4 / 0.9}, {2, 0.3 / 0.9}, {1, 0.2 / 0.9}});
-  ef::top_p p1(1.0f);
+  efs::top_p p1(1.0f);
   run(p1, l, c, ctx);
   EXPECT_EQ(c.size(), 4);
-  ef::top_p tiny(0.05f);  // smaller than every probability: the best token alone
+  efs::top_p tiny(0.05f);  // smaller than every probability: the best token alone
   run(tiny, l, c, ctx);
   expect_kept(c, {{3, 1.0}});
   EXPECT_EQ(p07.name(), "top_p(0.7)");
@@ -496,14 +497,14 @@ TEST(TopP, StopBeforeExceedingVariant) {
   candidates c(4);
   auto ctx = ctx_for();
   const auto l = logits_of({0.1, 0.2, 0.3, 0.4});
-  using cr = ef::top_p::crossing;
-  ef::top_p p075(0.75f, cr::drop);
+  using cr = efs::top_p::crossing;
+  efs::top_p p075(0.75f, cr::drop);
   run(p075, l, c, ctx);  // 0.4 + 0.3 + 0.2 would exceed 0.75
   expect_kept(c, {{3, 0.4 / 0.7}, {2, 0.3 / 0.7}});
-  ef::top_p p07(0.7f, cr::drop);
+  efs::top_p p07(0.7f, cr::drop);
   run(p07, l, c, ctx);  // reaching exactly p is not exceeding it
   expect_kept(c, {{3, 0.4 / 0.7}, {2, 0.3 / 0.7}});
-  ef::top_p tiny(0.05f, cr::drop);  // would keep nothing: the best token stays
+  efs::top_p tiny(0.05f, cr::drop);  // would keep nothing: the best token stays
   run(tiny, l, c, ctx);
   expect_kept(c, {{3, 1.0}});
   EXPECT_EQ(p075.name(), "top_p(0.75, drop crossing)");
@@ -513,11 +514,11 @@ TEST(TopP, FlatDistributionWithPBelowOneOverVKeepsOneToken) {
   // llama2.c's sample_topp reads index -1 here; we keep the lower-id token of the tie.
   candidates c(1000);
   auto ctx = ctx_for();
-  ef::top_p p(0.0005f);
+  efs::top_p p(0.0005f);
   run(p, std::vector<float>(1000, 0.25f), c, ctx);
   ASSERT_EQ(c.size(), 1);
   EXPECT_EQ(c[0].id, 0);
-  ef::top_p half(0.5f);  // flat: exactly the 500 lowest ids
+  efs::top_p half(0.5f);  // flat: exactly the 500 lowest ids
   run(half, std::vector<float>(1000, 0.25f), c, ctx);
   ASSERT_EQ(c.size(), 500);
   for (const candidate& x : c) EXPECT_LT(x.id, 500);
@@ -526,7 +527,7 @@ TEST(TopP, FlatDistributionWithPBelowOneOverVKeepsOneToken) {
 TEST(TopP, MinKeep) {
   candidates c(4);
   auto ctx = ctx_for();
-  ef::top_p p(0.05f, ef::top_p::crossing::keep, 3);
+  efs::top_p p(0.05f, efs::top_p::crossing::keep, 3);
   run(p, logits_of({0.1, 0.2, 0.3, 0.4}), c, ctx);
   expect_kept(c, {{3, 0.4 / 0.9}, {2, 0.3 / 0.9}, {1, 0.2 / 0.9}});
 }
@@ -554,10 +555,10 @@ TEST(TopP, MatchesFullSortReferenceOnManyShapes) {
             auto ctx = ctx_for();
             c.fill(l);
             if (presorted) {
-              std::sort(c.begin(), c.end(), ef::ranks_before{});
+              std::sort(c.begin(), c.end(), efs::ranks_before{});
               c.set_sorted(true);
             }
-            ef::top_p f(top, drop ? ef::top_p::crossing::drop : ef::top_p::crossing::keep);
+            efs::top_p f(top, drop ? efs::top_p::crossing::drop : efs::top_p::crossing::keep);
             f.apply(c, ctx);
             const auto n = static_cast<std::size_t>(c.size());
             const std::size_t lo = ref_top_p_count(ref, top - 1e-5, drop), hi = ref_top_p_count(ref, top + 1e-5, drop);
@@ -578,11 +579,11 @@ TEST(TopP, MatchesFullSortReferenceOnManyShapes) {
 }
 
 TEST(TopP, InvalidValuesAreErrors) {
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::top_p(1.5f), ef::invalid_argument, "top_p: 1.5, expected a value in (0, 1]");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::top_p(0.0f), ef::invalid_argument, "top_p: 0, expected a value in (0, 1]");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::top_p(-0.1f), ef::invalid_argument, "top_p: -0.1");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::top_p(std::nanf("")), ef::invalid_argument, "top_p: nan");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::top_p(0.5f, ef::top_p::crossing::keep, 0), ef::invalid_argument,
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::top_p(1.5f), ef::invalid_argument, "top_p: 1.5, expected a value in (0, 1]");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::top_p(0.0f), ef::invalid_argument, "top_p: 0, expected a value in (0, 1]");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::top_p(-0.1f), ef::invalid_argument, "top_p: -0.1");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::top_p(std::nanf("")), ef::invalid_argument, "top_p: nan");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::top_p(0.5f, efs::top_p::crossing::keep, 0), ef::invalid_argument,
                                 "top_p: min_keep 0, expected a value >= 1");
 }
 
@@ -594,18 +595,18 @@ TEST(MinP, HandCheckedCases) {
   candidates c(4);
   auto ctx = ctx_for();
   const auto l = logits_of({0.1, 0.2, 0.3, 0.4});
-  ef::min_p m06(0.6f);  // threshold 0.24
+  efs::min_p m06(0.6f);  // threshold 0.24
   run(m06, l, c, ctx);
   expect_kept(c, {{3, 0.4 / 0.7}, {2, 0.3 / 0.7}});
-  ef::min_p m02(0.2f);  // threshold 0.08: everything
+  efs::min_p m02(0.2f);  // threshold 0.08: everything
   run(m02, l, c, ctx);
   EXPECT_EQ(c.size(), 4);
-  ef::min_p m1(1.0f);
+  efs::min_p m1(1.0f);
   run(m1, l, c, ctx);
   expect_kept(c, {{3, 1.0}});
   run(m1, {2, 5, 5, 1}, c, ctx);  // tied maxima both survive min_p = 1
   expect_kept(c, {{1, 0.5}, {2, 0.5}});
-  ef::min_p off(0.0f);
+  efs::min_p off(0.0f);
   run(off, l, c, ctx);
   EXPECT_EQ(c.size(), 4);
   EXPECT_EQ(m06.name(), "min_p(0.6)");
@@ -615,10 +616,10 @@ TEST(MinP, SortedAndUnsortedAgreeAndOrderIsKept) {
   const auto l = realistic_logits(3000, 8);
   candidates a(3000), b(3000);
   auto ctx = ctx_for();
-  ef::min_p m(0.01f);
+  efs::min_p m(0.01f);
   run(m, l, a, ctx);
   b.fill(l);
-  ef::top_k(2999).apply(b, ctx);  // sorted
+  efs::top_k(2999).apply(b, ctx);  // sorted
   m.apply(b, ctx);
   ASSERT_TRUE(b.sorted());
   ASSERT_EQ(a.size(), b.size());
@@ -632,16 +633,16 @@ TEST(MinP, SortedAndUnsortedAgreeAndOrderIsKept) {
 TEST(MinP, MinKeep) {
   candidates c(4);
   auto ctx = ctx_for();
-  ef::min_p m(1.0f, 3);
+  efs::min_p m(1.0f, 3);
   run(m, logits_of({0.1, 0.2, 0.3, 0.4}), c, ctx);
   expect_kept(c, {{3, 0.4 / 0.9}, {2, 0.3 / 0.9}, {1, 0.2 / 0.9}});
 }
 
 TEST(MinP, InvalidValuesAreErrors) {
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::min_p(-0.1f), ef::invalid_argument, "min_p: -0.1, expected a value in [0, 1]");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::min_p(1.5f), ef::invalid_argument, "min_p: 1.5");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::min_p(std::nanf("")), ef::invalid_argument, "min_p: nan");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::min_p(0.1f, 0), ef::invalid_argument, "min_p: min_keep 0");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::min_p(-0.1f), ef::invalid_argument, "min_p: -0.1, expected a value in [0, 1]");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::min_p(1.5f), ef::invalid_argument, "min_p: 1.5");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::min_p(std::nanf("")), ef::invalid_argument, "min_p: nan");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::min_p(0.1f, 0), ef::invalid_argument, "min_p: min_keep 0");
 }
 
 // ================================================================================================
@@ -652,7 +653,7 @@ TEST(Distribution, InverseCdfByHand) {
   candidates c(5);
   c.fill(logits_of({0.1, 0.2, 0.0, 0.3, 0.4}));  // token 2 has p = 0 (-inf logit)
   c.softmax();
-  using d = ef::distribution;
+  using d = efs::distribution;
   EXPECT_EQ(d::draw_index(c, 0.0), 0);
   EXPECT_EQ(d::draw_index(c, 0.0999), 0);
   EXPECT_EQ(d::draw_index(c, 0.1001), 1);
@@ -670,7 +671,7 @@ TEST(Distribution, ConsumesExactlyOneUniformPerDraw) {
   candidates c(4);
   auto ctx = ctx_for(99);
   auto expected = ctx.rng;
-  ef::distribution d;
+  efs::distribution d;
   for (int i = 0; i < 10; ++i) {
     run(d, logits_of({0.1, 0.2, 0.3, 0.4}), c, ctx);
     expected.uniform01_double();
@@ -681,7 +682,7 @@ TEST(Distribution, ConsumesExactlyOneUniformPerDraw) {
 TEST(Distribution, AllMinusInfIsAClearError) {
   candidates c(2);
   auto ctx = ctx_for();
-  ef::distribution d;
+  efs::distribution d;
   EIGENFORMER_EXPECT_THROW_WITH(run(d, {minus_inf, minus_inf}, c, ctx), ef::invalid_argument,
                                 "every candidate's logit is -inf");
 }
@@ -692,10 +693,10 @@ TEST(Distribution, AllMinusInfIsAClearError) {
 
 TEST(RepetitionPenalty, CtrlAsHuggingFaceAppliesIt) {
   candidates c(5);
-  ef::sampling_context ctx = ctx_for();
+  efs::sampling_context ctx = ctx_for();
   const std::vector<token_id> history = {0, 1, 1, 3};  // token 1 twice: penalised once
   ctx.history = history;
-  ef::repetition_penalty rp(2.0f);
+  efs::repetition_penalty rp(2.0f);
   run(rp, {2.0f, -2.0f, 0.5f, 0.0f, 1.0f}, c, ctx);
   EXPECT_EQ(c[0].logit, 1.0f);   // positive: divided
   EXPECT_EQ(c[1].logit, -4.0f);  // negative: multiplied
@@ -707,20 +708,20 @@ TEST(RepetitionPenalty, CtrlAsHuggingFaceAppliesIt) {
 
 TEST(RepetitionPenalty, LastNWindowAndReorderedCandidates) {
   candidates c(5);
-  ef::sampling_context ctx = ctx_for();
+  efs::sampling_context ctx = ctx_for();
   const std::vector<token_id> history = {0, 1, 2};
   ctx.history = history;
-  ef::repetition_penalty rp(2.0f, 2);  // only tokens 1 and 2
+  efs::repetition_penalty rp(2.0f, 2);  // only tokens 1 and 2
   run(rp, {2, 2, 2, 2, 2}, c, ctx);
   EXPECT_EQ(c[0].logit, 2.0f);
   EXPECT_EQ(c[1].logit, 1.0f);
   EXPECT_EQ(c[2].logit, 1.0f);
   // After a reordering filter the tokens are found by a scan; filtered-out tokens are skipped.
   c.fill(std::vector<float>{5, 4, 3, 2, 1});
-  ef::top_k(4).apply(c, ctx);  // drops token 4
+  efs::top_k(4).apply(c, ctx);  // drops token 4
   std::reverse(c.begin(), c.end());
   c.set_sorted(false);
-  ef::repetition_penalty(2.0f).apply(c, ctx);
+  efs::repetition_penalty(2.0f).apply(c, ctx);
   std::map<token_id, float> got;
   for (const candidate& x : c) got[x.id] = x.logit;
   EXPECT_EQ(got, (std::map<token_id, float>{{0, 2.5f}, {1, 2.0f}, {2, 1.5f}, {3, 2.0f}}));
@@ -728,15 +729,15 @@ TEST(RepetitionPenalty, LastNWindowAndReorderedCandidates) {
 }
 
 TEST(RepetitionPenalty, InvalidValuesAndHistoryAreErrors) {
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::repetition_penalty(0.0f), ef::invalid_argument,
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::repetition_penalty(0.0f), ef::invalid_argument,
                                 "repetition_penalty: 0, expected a finite value > 0");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::repetition_penalty(-1.2f), ef::invalid_argument, "repetition_penalty: -1.2");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::repetition_penalty(1.2f, -1), ef::invalid_argument, "repetition_penalty: last_n -1");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::repetition_penalty(-1.2f), ef::invalid_argument, "repetition_penalty: -1.2");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::repetition_penalty(1.2f, -1), ef::invalid_argument, "repetition_penalty: last_n -1");
   candidates c(3);
-  ef::sampling_context ctx = ctx_for();
+  efs::sampling_context ctx = ctx_for();
   const std::vector<token_id> bad = {0, 7};
   ctx.history = bad;
-  ef::repetition_penalty rp(1.5f);
+  efs::repetition_penalty rp(1.5f);
   EIGENFORMER_EXPECT_THROW_WITH(run(rp, {1, 2, 3}, c, ctx), ef::invalid_argument,
                                 "repetition_penalty: history: token id 7 at position 1, expected an id in [0, 3)");
   // The failed call left no marks behind: a valid history works afterwards.
@@ -749,43 +750,43 @@ TEST(RepetitionPenalty, InvalidValuesAndHistoryAreErrors) {
 
 TEST(NoRepeatNgram, BansTheTokenThatWouldRepeatAnNgram) {
   candidates c(6);
-  ef::sampling_context ctx = ctx_for();
+  efs::sampling_context ctx = ctx_for();
   const std::vector<float> flat(6, 0.0f);
   const std::vector<token_id> h3 = {1, 2, 3, 1, 2};  // prefix (1, 2) was followed by 3
   ctx.history = h3;
-  ef::no_repeat_ngram n3(3);
+  efs::no_repeat_ngram n3(3);
   run(n3, flat, c, ctx);
   for (const candidate& x : c) EXPECT_EQ(x.logit, x.id == 3 ? minus_inf : 0.0f) << x.id;
   const std::vector<token_id> h2 = {5, 4, 5, 0, 5};  // (5, 4) and (5, 0): ban 4 and 0
   ctx.history = h2;
-  ef::no_repeat_ngram n2(2);
+  efs::no_repeat_ngram n2(2);
   run(n2, flat, c, ctx);
   for (const candidate& x : c) EXPECT_EQ(x.logit, (x.id == 4 || x.id == 0) ? minus_inf : 0.0f) << x.id;
-  ef::no_repeat_ngram n1(1);  // every token of the history
+  efs::no_repeat_ngram n1(1);  // every token of the history
   run(n1, flat, c, ctx);
   for (const candidate& x : c) EXPECT_EQ(x.logit, (x.id == 4 || x.id == 0 || x.id == 5) ? minus_inf : 0.0f);
-  ef::no_repeat_ngram n9(9);  // longer than the history: nothing
+  efs::no_repeat_ngram n9(9);  // longer than the history: nothing
   run(n9, flat, c, ctx);
   for (const candidate& x : c) EXPECT_EQ(x.logit, 0.0f);
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::no_repeat_ngram(0), ef::invalid_argument, "no_repeat_ngram: 0, expected n >= 1");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::no_repeat_ngram(0), ef::invalid_argument, "no_repeat_ngram: 0, expected n >= 1");
 }
 
 TEST(LogitBias, AddsAndBans) {
   candidates c(4);
   auto ctx = ctx_for();
-  ef::logit_bias b({{1, 2.0f}, {3, minus_inf}});
+  efs::logit_bias b({{1, 2.0f}, {3, minus_inf}});
   run(b, {0, 0, 0, 0}, c, ctx);
   EXPECT_EQ(c[1].logit, 2.0f);
   EXPECT_EQ(c[3].logit, minus_inf);
   EXPECT_EQ(c[0].logit, 0.0f);
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::logit_bias({{1, 1.0f}, {1, 2.0f}}), ef::invalid_argument,
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::logit_bias({{1, 1.0f}, {1, 2.0f}}), ef::invalid_argument,
                                 "logit_bias: token 1 listed twice");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::logit_bias({{2, std::nanf("")}}), ef::invalid_argument,
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::logit_bias({{2, std::nanf("")}}), ef::invalid_argument,
                                 "logit_bias: token 2 bias nan, expected a finite value or -inf");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::logit_bias({{2, std::numeric_limits<float>::infinity()}}), ef::invalid_argument,
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::logit_bias({{2, std::numeric_limits<float>::infinity()}}), ef::invalid_argument,
                                 "logit_bias: token 2 bias inf");
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::logit_bias({{-1, 1.0f}}), ef::invalid_argument, "logit_bias: token -1");
-  ef::logit_bias far({{9, 1.0f}});
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::logit_bias({{-1, 1.0f}}), ef::invalid_argument, "logit_bias: token -1");
+  efs::logit_bias far({{9, 1.0f}});
   EIGENFORMER_EXPECT_THROW_WITH(run(far, {0, 0, 0, 0}, c, ctx), ef::invalid_argument,
                                 "logit_bias: token id 9 at position 0, expected an id in [0, 4)");
 }
@@ -800,35 +801,35 @@ const std::vector<float> chi_logits = {0.3f, -1.2f, 1.7f, 0.9f, minus_inf, -0.4f
 }  // namespace
 
 TEST(ChiSquare, DistributionAlone) {
-  ef::distribution d;
+  efs::distribution d;
   expect_draws_follow(d, chi_logits, ref_softmax(chi_logits));
 }
 
 TEST(ChiSquare, Temperature) {
   for (float t : {0.5f, 1.7f}) {
-    ef::chain ch;
-    ch.add(ef::temperature(t)).add(ef::distribution());
+    efs::chain ch;
+    ch.add(efs::temperature(t)).add(efs::distribution());
     expect_draws_follow(ch, chi_logits, ref_softmax(chi_logits, t));
   }
 }
 
 TEST(ChiSquare, TopK) {
-  ef::chain ch;
-  ch.add(ef::top_k(4)).add(ef::distribution());
+  efs::chain ch;
+  ch.add(efs::top_k(4)).add(efs::distribution());
   expect_draws_follow(ch, chi_logits, ref_top_k(ref_softmax(chi_logits), 4));
 }
 
 TEST(ChiSquare, TopP) {
   for (bool drop : {false, true}) {
-    ef::chain ch;
-    ch.add(ef::top_p(0.8f, drop ? ef::top_p::crossing::drop : ef::top_p::crossing::keep)).add(ef::distribution());
+    efs::chain ch;
+    ch.add(efs::top_p(0.8f, drop ? efs::top_p::crossing::drop : efs::top_p::crossing::keep)).add(efs::distribution());
     expect_draws_follow(ch, chi_logits, ref_top_p(ref_softmax(chi_logits), 0.8, drop));
   }
 }
 
 TEST(ChiSquare, MinP) {
-  ef::chain ch;
-  ch.add(ef::min_p(0.15f)).add(ef::distribution());
+  efs::chain ch;
+  ch.add(efs::min_p(0.15f)).add(efs::distribution());
   expect_draws_follow(ch, chi_logits, ref_min_p(ref_softmax(chi_logits), 0.15));
 }
 
@@ -836,11 +837,11 @@ TEST(ChiSquare, Penalties) {
   // History {3, 9, 6, 6, 3}: repetition penalty 1.5 on tokens 3, 9 and 6 (CTRL: divide a positive
   // logit, multiply a negative one), no-repeat bigram bans 9 (the bigram (3, 9) would repeat), and
   // a bias of +1 on token 8.
-  ef::chain ch;
-  ch.add(ef::repetition_penalty(1.5f))
-      .add(ef::no_repeat_ngram(2))
-      .add(ef::logit_bias({{8, 1.0f}}))
-      .add(ef::distribution());
+  efs::chain ch;
+  ch.add(efs::repetition_penalty(1.5f))
+      .add(efs::no_repeat_ngram(2))
+      .add(efs::logit_bias({{8, 1.0f}}))
+      .add(efs::distribution());
   std::vector<float> l = chi_logits;
   for (std::size_t t : {3u, 6u}) l[t] = l[t] > 0 ? l[t] / 1.5f : l[t] * 1.5f;
   l[9] = minus_inf;
@@ -852,7 +853,7 @@ TEST(ChiSquare, Penalties) {
   ctx.history = history;
   std::vector<double> count(10, 0);
   const int n = 200'000;
-  for (int i = 0; i < n; ++i) count[static_cast<std::size_t>(ef::sample(ch, chi_logits, c, ctx))] += 1;
+  for (int i = 0; i < n; ++i) count[static_cast<std::size_t>(efs::sample(ch, chi_logits, c, ctx))] += 1;
   double chi = 0;
   int categories = 0;
   for (std::size_t t = 0; t < 10; ++t) {
@@ -868,8 +869,8 @@ TEST(ChiSquare, Penalties) {
 }
 
 TEST(ChiSquare, UserSamplerInAChain) {
-  ef::chain ch;
-  ch.add(ban_token(6)).add(ef::top_k(5)).add(ef::distribution());
+  efs::chain ch;
+  ch.add(ban_token(6)).add(efs::top_k(5)).add(efs::distribution());
   dist p = ref_softmax(chi_logits);
   p[6] = 0;
   renormalize(p);
@@ -877,22 +878,22 @@ TEST(ChiSquare, UserSamplerInAChain) {
 }
 
 TEST(ChiSquare, CommandLineChain) {
-  ef::sampling_options o;
+  efs::sampling_options o;
   o.temperature = 0.8f;
   o.top_k = 6;
   o.top_p = 0.9f;
   o.min_p = 0.1f;
-  ef::chain ch = ef::make_chain(o);
+  efs::chain ch = efs::make_chain(o);
   const dist expected = ref_min_p(ref_top_p(ref_top_k(ref_softmax(chi_logits, 0.8), 6), 0.9), 0.1);
   expect_draws_follow(ch, chi_logits, expected);
   // The default command-line chain on a 32000-token row (a normal body, no peak, so that several
   // tokens survive every filter).
-  ef::sampling_options d;
+  efs::sampling_options d;
   d.temperature = 0.8f;
   d.top_k = 40;
   d.top_p = 0.95f;
   d.min_p = 0.05f;
-  ch = ef::make_chain(d);
+  ch = efs::make_chain(d);
   const auto big = realistic_logits(32000, 4, 1.5, 0);
   const dist big_expected = ref_min_p(ref_top_p(ref_top_k(ref_softmax(big, 0.8), 40), 0.95), 0.05);
   expect_draws_follow(ch, big, big_expected, 20'000);
@@ -909,102 +910,178 @@ TEST(Chain, OrderMattersTemperatureFirstVersusLast) {
   const auto l = logits_of({0.5, 0.3, 0.2});
   candidates c(3);
   auto ctx = ctx_for();
-  ef::chain ours;
-  ours.add(ef::temperature(0.5f)).add(ef::top_p(0.6f));
+  efs::chain ours;
+  ours.add(efs::temperature(0.5f)).add(efs::top_p(0.6f));
   run(ours, l, c, ctx);
   expect_kept(c, {{0, 1.0}});
-  ef::chain llama_order;
-  llama_order.add(ef::top_p(0.6f)).add(ef::temperature(0.5f));
+  efs::chain llama_order;
+  llama_order.add(efs::top_p(0.6f)).add(efs::temperature(0.5f));
   run(llama_order, l, c, ctx);
   expect_kept(c, {{0, 0.25 / 0.34}, {1, 0.09 / 0.34}});
 }
 
 TEST(Chain, SampleWithoutAFinalStageIsAnError) {
-  ef::chain ch;
-  ch.add(ef::top_k(2));
+  efs::chain ch;
+  ch.add(efs::top_k(2));
   candidates c(3);
   auto ctx = ctx_for();
-  EIGENFORMER_EXPECT_THROW_WITH(ef::sample(ch, std::vector<float>{1, 2, 3}, c, ctx), ef::invalid_argument,
+  EIGENFORMER_EXPECT_THROW_WITH(efs::sample(ch, std::vector<float>{1, 2, 3}, c, ctx), ef::invalid_argument,
                                 "sampler chain(top_k(2)): no stage selected a token");
-  EIGENFORMER_EXPECT_THROW_WITH(ch.add(std::unique_ptr<ef::sampler>()), ef::invalid_argument, "chain: null sampler");
+  EIGENFORMER_EXPECT_THROW_WITH(ch.add(std::unique_ptr<efs::sampler>()), ef::invalid_argument, "chain: null sampler");
 }
 
 TEST(Chain, StopsAtTheFirstSelectingStage) {
-  ef::chain ch;
-  ch.add(ef::greedy()).add(ef::distribution());
+  efs::chain ch;
+  ch.add(efs::greedy()).add(efs::distribution());
   candidates c(3);
   auto ctx = ctx_for();
   const auto before = ctx.rng;
-  EXPECT_EQ(ef::sample(ch, std::vector<float>{1, 3, 2}, c, ctx), 1);
+  EXPECT_EQ(efs::sample(ch, std::vector<float>{1, 3, 2}, c, ctx), 1);
   EXPECT_EQ(ctx.rng, before);  // the draw never ran
 }
 
 TEST(Chain, NamesNestingAndAccept) {
-  ef::chain inner;
-  inner.add(ef::top_k(3));
-  ef::chain outer;
-  outer.add(ef::temperature(0.7f)).add_chain(inner).add(accept_counter()).add(ef::greedy());
+  efs::chain inner;
+  inner.add(efs::top_k(3));
+  efs::chain outer;
+  outer.add(efs::temperature(0.7f)).add_chain(inner).add(accept_counter()).add(efs::greedy());
   EXPECT_EQ(outer.name(), "chain(temperature(0.7), chain(top_k(3)), accept_counter, greedy)");
   EXPECT_EQ(outer.size(), 4u);
   candidates c(4);
   auto ctx = ctx_for();
-  EXPECT_EQ(ef::sample(outer, logits_of({0.1, 0.2, 0.4, 0.3}), c, ctx), 2);
+  EXPECT_EQ(efs::sample(outer, logits_of({0.1, 0.2, 0.4, 0.3}), c, ctx), 2);
   EXPECT_EQ(dynamic_cast<const accept_counter&>(outer[2]).accepted, 1);
   outer.reset();
   EXPECT_EQ(dynamic_cast<const accept_counter&>(outer[2]).accepted, 0);
 }
 
 TEST(Chain, ClonesAreIndependent) {
-  ef::chain a;
-  a.add(accept_counter()).add(ef::repetition_penalty(1.3f)).add(ef::distribution());
-  const std::unique_ptr<ef::sampler> b = a.clone();
-  ef::chain copy = a;
+  efs::chain a;
+  a.add(accept_counter()).add(efs::repetition_penalty(1.3f)).add(efs::distribution());
+  const std::unique_ptr<efs::sampler> b = a.clone();
+  efs::chain copy = a;
   candidates c(4);
   auto ctx = ctx_for();
-  for (int i = 0; i < 5; ++i) ef::sample(a, logits_of({0.1, 0.2, 0.3, 0.4}), c, ctx);
+  for (int i = 0; i < 5; ++i) efs::sample(a, logits_of({0.1, 0.2, 0.3, 0.4}), c, ctx);
   EXPECT_EQ(dynamic_cast<const accept_counter&>(a[0]).accepted, 5);
   EXPECT_EQ(dynamic_cast<const accept_counter&>(copy[0]).accepted, 0);
-  EXPECT_EQ(dynamic_cast<const accept_counter&>(dynamic_cast<const ef::chain&>(*b)[0]).accepted, 0);
+  EXPECT_EQ(dynamic_cast<const accept_counter&>(dynamic_cast<const efs::chain&>(*b)[0]).accepted, 0);
   EXPECT_EQ(b->name(), a.name());
 }
 
 TEST(Presets, CommandLineOrderAndGreedyDefault) {
-  ef::sampling_options none;
+  efs::sampling_options none;
   EXPECT_TRUE(none.greedy());
-  EXPECT_EQ(ef::make_chain(none).name(), "chain(greedy)");
-  ef::sampling_options o;
+  EXPECT_EQ(efs::make_chain(none).name(), "chain(greedy)");
+  efs::sampling_options o;
   o.temperature = 0.8f;
   o.top_k = 40;
   o.top_p = 0.95f;
   o.min_p = 0.05f;
-  EXPECT_EQ(ef::make_chain(o).name(), "chain(temperature(0.8), top_k(40), top_p(0.95), min_p(0.05), distribution)");
+  EXPECT_EQ(efs::make_chain(o).name(), "chain(temperature(0.8), top_k(40), top_p(0.95), min_p(0.05), distribution)");
   o.temperature = 0.0f;
-  EXPECT_EQ(ef::make_chain(o).name(), "chain(greedy)");
-  ef::sampling_options neutral;
+  EXPECT_EQ(efs::make_chain(o).name(), "chain(greedy)");
+  efs::sampling_options neutral;
   neutral.temperature = 1.0f;
   neutral.top_k = 0;
   neutral.top_p = 1.0f;
   neutral.min_p = 0.0f;
-  EXPECT_EQ(ef::make_chain(neutral).name(), "chain(distribution)");
-  ef::sampling_options only_k;
+  EXPECT_EQ(efs::make_chain(neutral).name(), "chain(distribution)");
+  efs::sampling_options only_k;
   only_k.top_k = 5;
-  EXPECT_EQ(ef::make_chain(only_k).name(), "chain(top_k(5), distribution)");
+  EXPECT_EQ(efs::make_chain(only_k).name(), "chain(top_k(5), distribution)");
 }
 
 TEST(Presets, InvalidOptionsAreNamedEvenUnderGreedy) {
-  ef::sampling_options o;
+  efs::sampling_options o;
   o.temperature = 0.0f;
   o.top_p = 1.5f;
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::make_chain(o), ef::invalid_argument, "top_p: 1.5, expected a value in (0, 1]");
-  ef::sampling_options t;
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::make_chain(o), ef::invalid_argument, "top_p: 1.5, expected a value in (0, 1]");
+  efs::sampling_options t;
   t.temperature = -0.5f;
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::make_chain(t), ef::invalid_argument, "temperature: -0.5");
-  ef::sampling_options k;
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::make_chain(t), ef::invalid_argument, "temperature: -0.5");
+  efs::sampling_options k;
   k.top_k = -3;
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::make_chain(k), ef::invalid_argument, "top_k: -3");
-  ef::sampling_options m;
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::make_chain(k), ef::invalid_argument, "top_k: -3");
+  efs::sampling_options m;
   m.min_p = 2.0f;
-  EIGENFORMER_EXPECT_THROW_WITH((void)ef::make_chain(m), ef::invalid_argument, "min_p: 2");
+  EIGENFORMER_EXPECT_THROW_WITH((void)efs::make_chain(m), ef::invalid_argument, "min_p: 2");
+}
+
+// One seed: a chain has no randomness, so its options carry no seed; generation_options::seed (or
+// the sampling_context) is the only one. Catches a seed member that nothing reads, which callers
+// (the command-line tool did) would set in vain.
+template <class Options>
+concept has_seed = requires(Options o) { o.seed; };
+static_assert(!has_seed<efs::sampling_options>, "the seed belongs to the generation, not to sampling_options");
+
+/// The subject() of the invalid_argument `f` throws, "(no error)" if it throws none.
+template <class F>
+std::string subject_of(F&& f) {
+  try {
+    f();
+  } catch (const ef::invalid_argument& e) {
+    return e.subject();
+  }
+  return "(no error)";
+}
+
+// The option at fault is a field of the error, which the command-line tool maps to its own option
+// name (--top-p). Catches an option error built from its message alone ("top_p: 1.5, ...", whose
+// subject() is empty), one whose subject carries more than the name ("top_p: 1.5"), and a library
+// error with the wrong name (the tool would then report the wrong option).
+TEST(Presets, OptionErrorsCarryTheOptionAsSubject) {
+  const auto chain_error = [](auto set) {
+    return subject_of([&] {
+      efs::sampling_options o;
+      set(o);
+      (void)efs::make_chain(o);
+    });
+  };
+  EXPECT_EQ(chain_error([](efs::sampling_options& o) { o.temperature = -0.5f; }), "temperature");
+  EXPECT_EQ(chain_error([](efs::sampling_options& o) { o.top_k = -3; }), "top_k");
+  EXPECT_EQ(chain_error([](efs::sampling_options& o) { o.top_p = 1.5f; }), "top_p");
+  EXPECT_EQ(chain_error([](efs::sampling_options& o) { o.min_p = 2.0f; }), "min_p");
+  EXPECT_EQ(chain_error([](efs::sampling_options& o) {  // still named under greedy
+              o.temperature = 0.0f;
+              o.top_p = 0.0f;
+            }),
+            "top_p");
+  EXPECT_EQ(chain_error([](efs::sampling_options& o) { o.top_p = 0.5f; }), "(no error)");
+
+  EXPECT_EQ(subject_of([] { (void)efs::top_p(0.5f, efs::top_p::crossing::keep, 0); }), "top_p");
+  EXPECT_EQ(subject_of([] { (void)efs::min_p(0.1f, 0); }), "min_p");
+  EXPECT_EQ(subject_of([] { (void)efs::repetition_penalty(0.0f); }), "repetition_penalty");
+  EXPECT_EQ(subject_of([] { (void)efs::no_repeat_ngram(0); }), "no_repeat_ngram");
+  EXPECT_EQ(subject_of([] { (void)efs::logit_bias({{1, 1.0f}, {1, 2.0f}}); }), "logit_bias");
+  EXPECT_EQ(subject_of([] {
+              candidates c(2);
+              c.fill(std::vector<float>{0, std::nanf("")});
+            }),
+            "logits");
+}
+
+// error(subject, detail): what() is "subject: detail" and subject() the first part, kept through
+// copies and subclasses; the one-argument form has no subject. Catches a what() without the
+// separator or without the subject, and a subject lost when the exception is copied.
+TEST(Presets, ErrorSubjectIsAField) {
+  const ef::invalid_argument e("top_p", "1.5, expected a value in (0, 1]");
+  EXPECT_STREQ(e.what(), "top_p: 1.5, expected a value in (0, 1]");
+  EXPECT_EQ(e.subject(), "top_p");
+  EXPECT_EQ(e.detail(), "1.5, expected a value in (0, 1]");
+  const ef::invalid_argument copy = e;
+  EXPECT_EQ(copy.subject(), "top_p");
+  EXPECT_STREQ(copy.what(), e.what());
+  try {
+    throw ef::format_error("src.txt:3", "'x1' is not a token id");
+  } catch (const ef::error& base) {
+    EXPECT_EQ(base.subject(), "src.txt:3");
+    EXPECT_STREQ(base.what(), "src.txt:3: 'x1' is not a token id");
+  }
+  const ef::error plain("top_p: 1.5");
+  EXPECT_EQ(plain.subject(), "");
+  EXPECT_STREQ(plain.what(), "top_p: 1.5");
+  EXPECT_EQ(plain.detail(), "top_p: 1.5");
 }
 
 // ================================================================================================
@@ -1012,10 +1089,10 @@ TEST(Presets, InvalidOptionsAreNamedEvenUnderGreedy) {
 // ================================================================================================
 
 namespace {
-std::vector<token_id> generate(ef::sampler& s, const std::vector<float>& logits, ef::sampling_context& ctx, int n) {
+std::vector<token_id> generate(efs::sampler& s, const std::vector<float>& logits, efs::sampling_context& ctx, int n) {
   candidates c(static_cast<index_t>(logits.size()));
   std::vector<token_id> out;
-  for (int i = 0; i < n; ++i) out.push_back(ef::sample(s, logits, c, ctx));
+  for (int i = 0; i < n; ++i) out.push_back(efs::sample(s, logits, c, ctx));
   return out;
 }
 }  // namespace
@@ -1023,15 +1100,15 @@ std::vector<token_id> generate(ef::sampler& s, const std::vector<float>& logits,
 TEST(Reproducibility, SameSeedSameTokens) {
   const auto l = realistic_logits(5000, 10, 2.0, 0);  // no peaks: many tokens in play
   auto ch = default_chain();
-  auto a = ef::sampling_context::for_sequence(2024, 0), b = ef::sampling_context::for_sequence(2024, 0);
+  auto a = efs::sampling_context::for_sequence(2024, 0), b = efs::sampling_context::for_sequence(2024, 0);
   EXPECT_EQ(generate(ch, l, a, 300), generate(ch, l, b, 300));
 }
 
 TEST(Reproducibility, DifferentStreamsDiffer) {
   const auto l = realistic_logits(5000, 10, 2.0, 0);
   auto ch = default_chain();
-  auto a = ef::sampling_context::for_sequence(2024, 0), b = ef::sampling_context::for_sequence(2024, 1),
-       c = ef::sampling_context::for_sequence(2025, 0);
+  auto a = efs::sampling_context::for_sequence(2024, 0), b = efs::sampling_context::for_sequence(2024, 1),
+       c = efs::sampling_context::for_sequence(2025, 0);
   const auto ta = generate(ch, l, a, 100), tb = generate(ch, l, b, 100), tc = generate(ch, l, c, 100);
   EXPECT_NE(ta, tb);
   EXPECT_NE(ta, tc);
@@ -1041,21 +1118,21 @@ TEST(Reproducibility, BatchCompositionDoesNotChangeASequence) {
   // Sequence 2 decoded alone, then inside batches of 4 and 8 with steps interleaved: same tokens.
   const auto l = realistic_logits(2000, 12, 2.0, 0);
   const std::uint64_t seed = 77;
-  auto alone_ctx = ef::sampling_context::for_sequence(seed, 2);
+  auto alone_ctx = efs::sampling_context::for_sequence(seed, 2);
   auto alone_chain = default_chain();
   const auto alone = generate(alone_chain, l, alone_ctx, 50);
   for (int batch : {4, 8}) {
-    std::vector<ef::sampling_context> ctx;
-    std::vector<ef::chain> chains;
+    std::vector<efs::sampling_context> ctx;
+    std::vector<efs::chain> chains;
     for (int s = 0; s < batch; ++s) {
-      ctx.push_back(ef::sampling_context::for_sequence(seed, static_cast<std::uint64_t>(s)));
+      ctx.push_back(efs::sampling_context::for_sequence(seed, static_cast<std::uint64_t>(s)));
       chains.push_back(default_chain());
     }
     candidates c(2000);
     std::vector<token_id> seq2;
     for (int step = 0; step < 50; ++step)
       for (int s = 0; s < batch; ++s) {
-        const token_id t = ef::sample(chains[static_cast<std::size_t>(s)], l, c, ctx[static_cast<std::size_t>(s)]);
+        const token_id t = efs::sample(chains[static_cast<std::size_t>(s)], l, c, ctx[static_cast<std::size_t>(s)]);
         if (s == 2) seq2.push_back(t);
       }
     EXPECT_EQ(seq2, alone) << "batch " << batch;
@@ -1070,7 +1147,7 @@ TEST(Reproducibility, PinnedTokens) {
   auto g = ef::detail::rng::stream(21, 0);
   for (float& x : l) x = 6.0f * g.uniform01() - 3.0f;
   auto ch = default_chain();
-  auto ctx = ef::sampling_context::for_sequence(1234, 0);
+  auto ctx = efs::sampling_context::for_sequence(1234, 0);
   const std::vector<token_id> pinned = {836, 872, 587, 750, 554, 519, 872, 451,
                                         233, 261, 372, 210, 554, 466, 260, 199};
   EXPECT_EQ(generate(ch, l, ctx, 16), pinned);
@@ -1090,25 +1167,25 @@ TEST(NoAllocationPerStep, EveryBuiltInAtSteadyState) {
   auto ctx = ctx_for(5);
   ctx.history = history;
 
-  ef::chain full;
-  full.add(ef::repetition_penalty(1.3f))
-      .add(ef::no_repeat_ngram(2))
-      .add(ef::logit_bias({{1, 0.5f}, {2, minus_inf}}))
-      .add(ef::temperature(0.8f))
-      .add(ef::top_k(40))
-      .add(ef::top_p(0.95f))
-      .add(ef::min_p(0.05f))
-      .add(ef::distribution());
-  ef::chain unsorted;  // the unsorted paths of top-p and min-p on the whole vocabulary
-  unsorted.add(ef::top_p(0.9f)).add(ef::min_p(0.01f)).add(ef::distribution());
-  ef::chain greedy_chain;
-  greedy_chain.add(ef::temperature(0.0f)).add(ef::greedy());
-  ef::chain* chains[] = {&full, &unsorted, &greedy_chain};
+  efs::chain full;
+  full.add(efs::repetition_penalty(1.3f))
+      .add(efs::no_repeat_ngram(2))
+      .add(efs::logit_bias({{1, 0.5f}, {2, minus_inf}}))
+      .add(efs::temperature(0.8f))
+      .add(efs::top_k(40))
+      .add(efs::top_p(0.95f))
+      .add(efs::min_p(0.05f))
+      .add(efs::distribution());
+  efs::chain unsorted;  // the unsorted paths of top-p and min-p on the whole vocabulary
+  unsorted.add(efs::top_p(0.9f)).add(efs::min_p(0.01f)).add(efs::distribution());
+  efs::chain greedy_chain;
+  greedy_chain.add(efs::temperature(0.0f)).add(efs::greedy());
+  efs::chain* chains[] = {&full, &unsorted, &greedy_chain};
 
-  for (ef::chain* ch : chains) ef::sample(*ch, l, c, ctx);  // first step: scratch tables sized
+  for (efs::chain* ch : chains) efs::sample(*ch, l, c, ctx);  // first step: scratch tables sized
   const long before = ef::testing::allocations();
   for (int step = 0; step < 50; ++step)
-    for (ef::chain* ch : chains) ef::sample(*ch, l, c, ctx);
+    for (efs::chain* ch : chains) efs::sample(*ch, l, c, ctx);
   EXPECT_EQ(ef::testing::allocations() - before, 0);
 
   // The counter works (the pointer escapes through a volatile, so the pair cannot be elided).

@@ -1,4 +1,4 @@
-"""The PyTorch reference module of shared/spec/model-format.md, and its exporter.
+"""The PyTorch reference module of docs/model-format.md, and its exporter.
 
 This is the one definition of "what eigenformer must compute" on the Python side: the fixture
 generator (make_fixtures.py), the G2P trainer (train_g2p.py) and the comparison scripts all build

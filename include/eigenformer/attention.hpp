@@ -136,16 +136,27 @@ void cross_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBase<M>& me
   linear(memory, w.kv_weight(), w.kv_bias(), kv);
 }
 
-/// Attention of packed queries x [n, d_model] (sequence b: rows q_offsets[b]..q_offsets[b+1]) over
-/// keys and values kv [*, 2 d_model] (sequence b: rows kv_offsets[b] .. kv_offsets[b] + kv_lengths[b]).
-/// With `causal`, query i of sequence b sees keys [0, q_positions[b] + i]; otherwise all of them.
-/// This one function serves cross-attention (kv = projected encoder output) and cached
-/// self-attention (kv = the KV cache), so both run the same kernel. out [n, d_model].
+/// Keys and values that packed query sequences attend over: a strided view, never a copy.
+/// Query sequence b reads key rows offsets[b] .. offsets[b] + lengths[b] of `data`; row r holds
+/// k at data + r stride and v d_model elements later ([k | v] rows, as kv_cache and cross_kv lay
+/// them out). With `causal`, the tq query rows of sequence b are the last tq positions of its
+/// keys: query i sees keys [0, lengths[b] - tq + i] (one query row sees them all).
+template <class Scalar>
+struct kv_view {
+  const Scalar* data = nullptr;
+  index_t stride = 0;                // elements between consecutive key rows (2 d_model)
+  std::span<const index_t> offsets;  // [batch] first key row of each query sequence
+  std::span<const index_t> lengths;  // [batch] key rows of each query sequence
+  bool causal = false;
+};
+
+/// Attention of packed queries x [n, d_model] (sequence b: rows q_offsets[b] .. q_offsets[b+1])
+/// over `kv`; out [n, d_model] (out_proj applied). This one function serves cross-attention (kv =
+/// the projected encoder output) and cached self-attention (kv = the KV cache, causal when a
+/// sequence feeds several tokens at once), so both run the same kernel.
 template <class Scalar, class X, class Y>
 void attention_over_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBase<X>& x, std::span<const index_t> q_offsets,
-                       const Scalar* kv, index_t kv_stride, std::span<const index_t> kv_offsets,
-                       std::span<const index_t> kv_lengths, bool causal, std::span<const index_t> q_positions,
-                       const Eigen::MatrixBase<Y>& out, workspace<Scalar>& ws) {
+                       const kv_view<Scalar>& kv, const Eigen::MatrixBase<Y>& out, workspace<Scalar>& ws) {
   const index_t n = x.rows(), d = w.d_model(), dh = w.d_head(), batch = static_cast<index_t>(q_offsets.size()) - 1;
   ws.q.resize({n, d});
   ws.ctx.resize({n, d});
@@ -154,20 +165,20 @@ void attention_over_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBa
   double flops = 0;
   for (index_t b = 0; b < batch; ++b) {
     const index_t tq = q_offsets[static_cast<std::size_t>(b) + 1] - q_offsets[static_cast<std::size_t>(b)];
-    per_task = std::max(per_task, tq * kv_lengths[static_cast<std::size_t>(b)]);
-    flops += 4.0 * double(tq) * double(kv_lengths[static_cast<std::size_t>(b)]) * double(d);
+    per_task = std::max(per_task, tq * kv.lengths[static_cast<std::size_t>(b)]);
+    flops += 4.0 * double(tq) * double(kv.lengths[static_cast<std::size_t>(b)]) * double(d);
   }
   const Scalar* q = ws.q.data();
   Scalar* ctx = ws.ctx.data();
   detail::for_each_head(batch, w.n_heads, per_task, flops, ws.scores, [&](index_t b, index_t h, Scalar* scratch) {
     const index_t row = q_offsets[static_cast<std::size_t>(b)];
     const index_t tq = q_offsets[static_cast<std::size_t>(b) + 1] - row;
-    const index_t tk = kv_lengths[static_cast<std::size_t>(b)];
+    const index_t tk = kv.lengths[static_cast<std::size_t>(b)];
     if (tq == 0) return;
-    const Scalar* k = kv + kv_offsets[static_cast<std::size_t>(b)] * kv_stride + h * dh;
-    attend_head<Scalar>(make_view(q + row * d + h * dh, tq, dh, d), make_view(k, tk, dh, kv_stride),
-                        make_view(k + d, tk, dh, kv_stride), make_view(ctx + row * d + h * dh, tq, dh, d), causal,
-                        causal ? q_positions[static_cast<std::size_t>(b)] : 0, scratch);
+    const Scalar* k = kv.data + kv.offsets[static_cast<std::size_t>(b)] * kv.stride + h * dh;
+    attend_head<Scalar>(make_view(q + row * d + h * dh, tq, dh, d), make_view(k, tk, dh, kv.stride),
+                        make_view(k + d, tk, dh, kv.stride), make_view(ctx + row * d + h * dh, tq, dh, d), kv.causal,
+                        tk - tq, scratch);
   });
   w.out_proj(ws.ctx.matrix(), out);
 }

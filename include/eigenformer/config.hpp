@@ -1,5 +1,5 @@
 // eigenformer/config.hpp: model_config and moe_config, the `config` object of the model file
-// (shared/spec/model-format.md), parsed strictly from JSON and validated once, at load time.
+// (docs/model-format.md), parsed strictly from JSON and validated once, at load time.
 //
 // Strict means: a key of the wrong JSON type, an unknown key (a misspelt "norm_frist" would
 // otherwise silently run a different model) or a value out of range is a config_error that names

@@ -1,5 +1,5 @@
 // eigenformer/model.hpp: model<Scalar>, the encoder-decoder Transformer of
-// shared/spec/model-format.md, computing what torch.nn.Transformer computes.
+// docs/model-format.md, computing what torch.nn.Transformer computes.
 //
 //   encode(src)            -> encoder_output (packed memory [n_src, d_model])
 //   decode(memory, tgt)    -> decoder output [n_tgt, d_model] (teacher forcing, causal)
@@ -8,9 +8,9 @@
 //
 // A model is immutable once built and safe to share between threads: every buffer a call needs
 // lives in that call (or in the caller's kv_cache), never in the model. So does the per-call state
-// of mixture-of-experts layers (moe_runtime.hpp: gate noise, router statistics): encode, decode
-// and score take a moe_runtime (default: noise off, no statistics); decode_step reads cache.moe(),
-// each slot being a sequence of its own for the noise (sequence id = slot, position = its step).
+// of mixture-of-experts layers (moe_runtime.hpp: gate noise, router statistics): encode, decode,
+// score and decode_step take a moe_runtime (default: noise off, no statistics); in decode_step
+// each slot is a sequence of its own for the noise (sequence id = slot, position = its step).
 #pragma once
 
 #include <cmath>
@@ -32,6 +32,23 @@
 #include "weights.hpp"
 
 namespace eigenformer {
+
+/// What decode_step writes for each token it is fed.
+enum class step_output {
+  log_probs,  // log_softmax of the generator's output: next-token log-probabilities
+  logits,     // the generator's output itself, which samplers such as the repetition penalty need
+};
+
+/// One call of model::decode_step: tokens fed to distinct slots of a kv_cache. A slot may take
+/// several tokens at once (a forced target prefix, a prompt): they go through the layers as one
+/// causal block and give what feeding them one at a time gives.
+struct decode_request {
+  std::span<const index_t> slots = {};    // [n] distinct slots of the cache
+  std::span<const token_id> tokens = {};  // [m] slot i's tokens, in order, after those of slots 0 .. i-1
+  std::span<const index_t> counts = {};   // [n] tokens of each slot (each >= 1), or empty: one each (m = n)
+  step_output output = step_output::log_probs;
+  moe_runtime moe = {};              // mixture-of-experts gate noise and router statistics
+};
 
 /// The encoder's result for a batch of sources, packed as the batch was.
 template <class Scalar>
@@ -67,12 +84,18 @@ class model {
   /// to `max_steps` tokens: computes the cross-attention keys and values once.
   void start_decoding(const encoder_output<Scalar>& memory, index_t slots_per_source, index_t max_steps,
                       kv_cache<Scalar>& cache) const;
-  /// Feeds tokens[i] to slot slots[i] (distinct slots) and writes the next-token
-  /// log-probabilities of each to out [slots.size(), tgt_vocab], or the raw logits (the generator's
-  /// output before log_softmax) when `raw_logits`, which samplers such as the repetition penalty
-  /// need. Allocates nothing once the cache has served one step of this size.
+  /// Feeds the request's tokens to its slots and writes, for each token fed, the distribution of
+  /// the token that follows it: out [m, tgt_vocab], row r for the r-th token of the request.
+  /// Checks everything before it changes anything (slots distinct, in range and with room for
+  /// their tokens, token ids, the cache's shape, out's shape) and throws invalid_argument naming
+  /// the culprit, leaving the cache as it was. Allocates nothing once the cache has served a step
+  /// of this size.
+  void decode_step(kv_cache<Scalar>& cache, const decode_request& request, matrix_view<Scalar> out) const;
+  /// One token per slot: tokens[i] to slots[i].
   void decode_step(kv_cache<Scalar>& cache, std::span<const index_t> slots, std::span<const token_id> tokens,
-                   matrix_view<Scalar> out, bool raw_logits = false) const;
+                   matrix_view<Scalar> out, step_output output = step_output::log_probs) const {
+    decode_step(cache, decode_request{slots, tokens, {}, output, {}}, out);
+  }
 
   /// The output projection [tgt_vocab, d_model] (generator.weight, or tgt_embed.weight if tied).
   const tensor<Scalar>& output_weight() const noexcept {
@@ -83,6 +106,7 @@ class model {
   enum class side { src, tgt };
   void embed(side s, std::span<const token_id> tokens, index_t first_position, Scalar* out) const;
   void check_batch(const token_batch& batch, side s) const;
+  void check_request(kv_cache<Scalar>& cache, const decode_request& r, matrix_view<Scalar> out) const;
 
   model_config config_;
   tensor<Scalar> src_embed_, tgt_embed_;   // [vocab, d_model] (src_embed_ empty when shared)
@@ -184,8 +208,8 @@ encoder_output<Scalar> model<Scalar>::encode(const token_batch& src, const moe_r
     embed(side::src, src.sequence(b), 0, out.memory.data() + src.offsets[static_cast<std::size_t>(b)] * config_.d_model);
   }
   workspace<Scalar> ws;
-  ws.moe = &moe;
-  for (const auto& layer : encoder_) layer.forward(out.memory.matrix(), out.offsets, ws);
+  const forward_context ctx{{out.offsets, {}, {}}, moe};
+  for (const auto& layer : encoder_) layer.forward(out.memory.matrix(), ctx, ws);
   if (encoder_norm_) (*encoder_norm_)(out.memory.matrix(), out.memory.matrix());
   return out;
 }
@@ -204,13 +228,13 @@ tensor<Scalar> model<Scalar>::decode(const encoder_output<Scalar>& memory, const
   std::vector<index_t> src_lengths(static_cast<std::size_t>(memory.batch()));
   for (index_t b = 0; b < memory.batch(); ++b) src_lengths[static_cast<std::size_t>(b)] = memory.length(b);
   workspace<Scalar> ws;
-  ws.moe = &moe;
+  const forward_context ctx{{tgt.offsets, {}, {}}, moe};
   tensor<Scalar> kv;  // [n_src, 2 d_model], one layer at a time
   for (const auto& layer : decoder_) {
     kv.resize({memory.memory.dim(0), 2 * d});
     cross_kv(layer.cross_attn, memory.memory.matrix(), kv.matrix());
-    const kv_source<Scalar> mem{kv.data(), 2 * d, memory.offsets, src_lengths};
-    layer.forward(x.matrix(), tgt.offsets, mem,
+    const kv_view<Scalar> mem{kv.data(), 2 * d, memory.offsets, src_lengths, false};
+    layer.forward(x.matrix(), ctx, mem,
                   [&](const auto& input, const auto& out) { self_attention(layer.self_attn, input, tgt.offsets, true, out, ws); },
                   ws);
   }
@@ -250,102 +274,150 @@ template <class Scalar>
 void model<Scalar>::start_decoding(const encoder_output<Scalar>& memory, index_t slots_per_source, index_t max_steps,
                                    kv_cache<Scalar>& cache) const {
   if (slots_per_source < 1) {
-    throw invalid_argument("start_decoding: slots_per_source " + std::to_string(slots_per_source) + ", expected >= 1");
+    throw invalid_argument("start_decoding: slots_per_source", std::to_string(slots_per_source) + ", expected >= 1");
   }
   if (max_steps < 1 || max_steps > config_.max_sequence_length()) {
-    throw invalid_argument("start_decoding: max_steps " + std::to_string(max_steps) + ", expected 1 to " +
-                           std::to_string(config_.max_sequence_length()) + " (max_positions)");
+    throw invalid_argument("start_decoding: max_steps", std::to_string(max_steps) + ", expected 1 to " +
+                                                            std::to_string(config_.max_sequence_length()) + " (max_positions)");
   }
   const index_t d = config_.d_model, batch = memory.batch();
+  if (memory.memory.rank() != 2 || memory.memory.dim(1) != d || memory.offsets.empty() || memory.offsets.front() != 0 ||
+      memory.offsets.back() != memory.memory.dim(0)) {
+    throw invalid_argument("start_decoding: memory", "not an encoder output of this model (expected [n, " +
+                                                         std::to_string(d) + "] rows packed by offsets)");
+  }
   cache.reset(static_cast<index_t>(decoder_.size()), batch * slots_per_source, max_steps, d);
   for (std::size_t l = 0; l < decoder_.size(); ++l) {
-    auto& kv = cache.cross_kv(static_cast<index_t>(l));
+    auto& kv = cache.cross_kv_[l];
     kv.resize({memory.memory.dim(0), 2 * d});
     cross_kv(decoder_[l].cross_attn, memory.memory.matrix(), kv.matrix());
   }
-  cache.src_offsets() = memory.offsets;
-  cache.src_lengths().resize(static_cast<std::size_t>(batch));
-  for (index_t b = 0; b < batch; ++b) cache.src_lengths()[static_cast<std::size_t>(b)] = memory.length(b);
-  for (index_t s = 0; s < batch * slots_per_source; ++s) cache.slot_source()[static_cast<std::size_t>(s)] = s / slots_per_source;
-  // Attention scratch for the longest step: one query row per slot against at most max_steps
+  cache.src_offsets_ = memory.offsets;
+  cache.src_lengths_.resize(static_cast<std::size_t>(batch));
+  for (index_t b = 0; b < batch; ++b) cache.src_lengths_[static_cast<std::size_t>(b)] = memory.length(b);
+  for (index_t s = 0; s < batch * slots_per_source; ++s) cache.slot_source_[static_cast<std::size_t>(s)] = s / slots_per_source;
+  // Attention scratch for the usual step: one query row per slot against at most max_steps
   // cached keys or the longest source, per thread. Sized now so that steps never allocate.
   index_t longest_source = 0;
   for (index_t b = 0; b < batch; ++b) longest_source = std::max(longest_source, memory.length(b));
-  cache.ws().scores.resize({std::max<index_t>(1, num_threads() * std::max(max_steps, longest_source))});
+  cache.scratch_.ws.scores.resize({std::max<index_t>(1, num_threads() * std::max(max_steps, longest_source))});
 }
 
 template <class Scalar>
-void model<Scalar>::decode_step(kv_cache<Scalar>& cache, std::span<const index_t> slots, std::span<const token_id> tokens,
-                                matrix_view<Scalar> log_probs_out, bool raw_logits) const {
-  const index_t n = static_cast<index_t>(slots.size()), d = config_.d_model, cap = cache.capacity();
-  if (static_cast<index_t>(tokens.size()) != n) {
-    throw invalid_argument("decode_step: " + std::to_string(tokens.size()) + " tokens for " + std::to_string(n) + " slots");
+void model<Scalar>::check_request(kv_cache<Scalar>& cache, const decode_request& r, matrix_view<Scalar> out) const {
+  const index_t n = static_cast<index_t>(r.slots.size()), d = config_.d_model;
+  if (cache.n_layers() != static_cast<index_t>(decoder_.size()) || cache.d_model() != d || cache.n_slots() < 1 ||
+      static_cast<index_t>(cache.src_offsets_.size()) != cache.n_sources() + 1) {
+    throw invalid_argument("decode_step: cache", "not prepared by start_decoding for this model (" +
+                                                     std::to_string(cache.n_layers()) + " layers of width " +
+                                                     std::to_string(cache.d_model()) + ", expected " +
+                                                     std::to_string(decoder_.size()) + " of width " + std::to_string(d) + ")");
   }
-  detail::check_dims("decode_step", "log_probs", log_probs_out.rows(), log_probs_out.cols(), n, config_.tgt_vocab_size);
-  if (cache.n_layers() != static_cast<index_t>(decoder_.size()) || cache.d_model() != d) {
-    throw invalid_argument("decode_step: the cache was not prepared by start_decoding for this model");
+  if (!r.counts.empty() && static_cast<index_t>(r.counts.size()) != n) {
+    throw invalid_argument("decode_step: counts", std::to_string(r.counts.size()) + " counts for " + std::to_string(n) +
+                                                      " slots, expected one per slot (or none)");
   }
-  auto& step = cache.step_counts();
-  auto& slot_offsets = cache.slot_offsets();
-  auto& kv_offsets = cache.kv_offsets();
-  auto& kv_lengths = cache.kv_lengths();
-  auto& src_offsets = cache.src_offsets_step();
-  auto& src_lengths = cache.src_lengths_step();
-  auto& positions = cache.positions();
-  slot_offsets.clear();
-  positions.clear();
-  kv_offsets.clear();
-  kv_lengths.clear();
-  src_offsets.clear();
-  src_lengths.clear();
-  auto& x = cache.x();
-  x.resize({n, d});
+  auto& seen = cache.scratch_.seen;
+  std::fill(seen.begin(), seen.end(), char{0});
+  index_t m = 0;
   for (index_t i = 0; i < n; ++i) {
-    const index_t s = slots[static_cast<std::size_t>(i)];
-    const index_t t = cache.steps(s);  // checks the slot
-    if (t >= cap) {
-      throw invalid_argument("decode_step: slot " + std::to_string(s) + " is full (" + std::to_string(cap) + " steps)");
+    const index_t s = r.slots[static_cast<std::size_t>(i)];
+    if (s < 0 || s >= cache.n_slots()) {
+      throw invalid_argument("decode_step: slots", "slot " + std::to_string(s) + ", expected 0 to " +
+                                                       std::to_string(cache.n_slots() - 1));
     }
-    const token_id tok = tokens[static_cast<std::size_t>(i)];
-    if (tok < 0 || tok >= config_.tgt_vocab_size) {
-      throw invalid_argument("decode_step: token id " + std::to_string(tok) + " for slot " + std::to_string(s) +
-                             ", expected 0 to " + std::to_string(config_.tgt_vocab_size - 1));
+    if (seen[static_cast<std::size_t>(s)]) {
+      throw invalid_argument("decode_step: slots", "slot " + std::to_string(s) + " given twice, expected distinct slots");
     }
-    embed(side::tgt, std::span<const token_id>(&tokens[static_cast<std::size_t>(i)], 1), t, x.data() + i * d);
-    slot_offsets.push_back(i);
-    kv_offsets.push_back(s * cap);
-    kv_lengths.push_back(t + 1);
-    positions.push_back(t);
-    const index_t src = cache.source(s);
-    src_offsets.push_back(cache.src_offsets()[static_cast<std::size_t>(src)]);
-    src_lengths.push_back(cache.src_lengths()[static_cast<std::size_t>(src)]);
+    seen[static_cast<std::size_t>(s)] = 1;
+    const index_t count = r.counts.empty() ? 1 : r.counts[static_cast<std::size_t>(i)];
+    if (count < 1) {
+      throw invalid_argument("decode_step: counts", std::to_string(count) + " tokens for slot " + std::to_string(s) +
+                                                        ", expected >= 1");
+    }
+    const index_t t = cache.steps_[static_cast<std::size_t>(s)];
+    if (count > cache.capacity() - t) {
+      throw invalid_argument("decode_step: slots", "slot " + std::to_string(s) + " has consumed " + std::to_string(t) +
+                                                       " of its " + std::to_string(cache.capacity()) + " steps, no room for " +
+                                                       std::to_string(count) + " more");
+    }
+    m += count;
   }
-  slot_offsets.push_back(n);
-  auto& ws = cache.ws();
-  ws.moe = &cache.moe();  // MoE rows: one per slot, sequence id = slot, at position = its step
-  ws.sequence_ids = slots;
-  ws.first_positions = positions;
+  if (static_cast<index_t>(r.tokens.size()) != m) {
+    throw invalid_argument("decode_step: tokens", std::to_string(r.tokens.size()) + " tokens, expected " +
+                                                      std::to_string(m) + " (the slots' counts)");
+  }
+  for (token_id tok : r.tokens) {
+    if (tok < 0 || tok >= config_.tgt_vocab_size) {
+      throw invalid_argument("decode_step: tokens", "token id " + std::to_string(tok) + ", expected 0 to " +
+                                                        std::to_string(config_.tgt_vocab_size - 1));
+    }
+  }
+  detail::check_dims("decode_step", "out", out.rows(), out.cols(), m, config_.tgt_vocab_size);
+}
+
+template <class Scalar>
+void model<Scalar>::decode_step(kv_cache<Scalar>& cache, const decode_request& request, matrix_view<Scalar> out) const {
+  check_request(cache, request, out);  // from here on nothing can fail on the caller's input
+  if (request.slots.empty()) return;
+  const index_t n = static_cast<index_t>(request.slots.size()), d = config_.d_model, cap = cache.capacity();
+  const index_t m = static_cast<index_t>(request.tokens.size());
+  auto& sc = cache.scratch_;
+  sc.q_offsets.clear();
+  sc.positions.clear();
+  sc.kv_offsets.clear();
+  sc.kv_lengths.clear();
+  sc.src_offsets.clear();
+  sc.src_lengths.clear();
+  sc.x.resize({m, d});
+  index_t row = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const index_t s = request.slots[static_cast<std::size_t>(i)];
+    const index_t t = cache.steps_[static_cast<std::size_t>(s)];
+    const index_t count = request.counts.empty() ? 1 : request.counts[static_cast<std::size_t>(i)];
+    embed(side::tgt, request.tokens.subspan(static_cast<std::size_t>(row), static_cast<std::size_t>(count)), t,
+          sc.x.data() + row * d);
+    sc.q_offsets.push_back(row);
+    sc.kv_offsets.push_back(s * cap);
+    sc.kv_lengths.push_back(t + count);
+    sc.positions.push_back(t);
+    const auto src = static_cast<std::size_t>(cache.slot_source_[static_cast<std::size_t>(s)]);
+    sc.src_offsets.push_back(cache.src_offsets_[src]);
+    sc.src_lengths.push_back(cache.src_lengths_[src]);
+    row += count;
+  }
+  sc.q_offsets.push_back(m);
+  // MoE rows: slot i is sequence slots[i], its first row at position steps(slot).
+  const forward_context ctx{{sc.q_offsets, request.slots, sc.positions}, request.moe};
+  auto& ws = sc.ws;
   for (std::size_t l = 0; l < decoder_.size(); ++l) {
     const auto& layer = decoder_[l];
-    Scalar* self_kv = cache.self_kv(static_cast<index_t>(l)).data();
-    const kv_source<Scalar> mem{cache.cross_kv(static_cast<index_t>(l)).data(), 2 * d, src_offsets, src_lengths};
-    auto cached_self_attention = [&](const auto& input, const auto& out) {
-      // Project this step's keys and values, append them to each slot's cache, then attend.
-      ws.qkv.resize({n, 2 * d});
+    Scalar* self_kv = cache.self_kv_[l].data();
+    const kv_view<Scalar> mem{cache.cross_kv_[l].data(), 2 * d, sc.src_offsets, sc.src_lengths, false};
+    const kv_view<Scalar> cached{self_kv, 2 * d, sc.kv_offsets, sc.kv_lengths, true};
+    auto cached_self_attention = [&](const auto& input, const auto& sub) {
+      // Project the new tokens' keys and values, append them to their slots' rows, then attend
+      // (causally: a slot's token j sees the cache and the slot's tokens up to j).
+      ws.qkv.resize({m, 2 * d});
       linear(input, layer.self_attn.kv_weight(), layer.self_attn.kv_bias(), ws.qkv.matrix());
       for (index_t i = 0; i < n; ++i) {
-        std::memcpy(self_kv + (kv_offsets[static_cast<std::size_t>(i)] + kv_lengths[static_cast<std::size_t>(i)] - 1) * 2 * d,
-                    ws.qkv.data() + i * 2 * d, static_cast<std::size_t>(2 * d) * sizeof(Scalar));
+        const index_t first = sc.q_offsets[static_cast<std::size_t>(i)], rows = sc.q_offsets[static_cast<std::size_t>(i) + 1] - first;
+        const index_t dest = sc.kv_offsets[static_cast<std::size_t>(i)] + sc.positions[static_cast<std::size_t>(i)];
+        std::memcpy(self_kv + dest * 2 * d, ws.qkv.data() + first * 2 * d, static_cast<std::size_t>(rows * 2 * d) * sizeof(Scalar));
       }
-      attention_over_kv(layer.self_attn, input, slot_offsets, static_cast<const Scalar*>(self_kv), 2 * d, kv_offsets,
-                        kv_lengths, false, std::span<const index_t>{}, out, ws);
+      attention_over_kv(layer.self_attn, input, sc.q_offsets, cached, sub, ws);
     };
-    layer.forward(x.matrix(), slot_offsets, mem, cached_self_attention, ws);
+    layer.forward(sc.x.matrix(), ctx, mem, cached_self_attention, ws);
   }
-  if (decoder_norm_) (*decoder_norm_)(x.matrix(), x.matrix());
-  linear(std::as_const(x).matrix(), output_weight().matrix(), generator_.bias.values(), log_probs_out);
-  if (!raw_logits) log_softmax_rows(log_probs_out);
-  for (index_t i = 0; i < n; ++i) ++step[static_cast<std::size_t>(slots[static_cast<std::size_t>(i)])];
+  if (decoder_norm_) (*decoder_norm_)(sc.x.matrix(), sc.x.matrix());
+  linear(std::as_const(sc.x).matrix(), output_weight().matrix(), generator_.bias.values(), out);
+  if (request.output == step_output::log_probs) log_softmax_rows(out);
+  // Only now does the state advance: an exception above leaves every slot at its step (rows
+  // written past a slot's step are never read before they are written again).
+  for (index_t i = 0; i < n; ++i) {
+    const auto s = static_cast<std::size_t>(request.slots[static_cast<std::size_t>(i)]);
+    cache.steps_[s] += sc.q_offsets[static_cast<std::size_t>(i) + 1] - sc.q_offsets[static_cast<std::size_t>(i)];
+  }
 }
 
 }  // namespace eigenformer

@@ -39,7 +39,8 @@ struct moe_layer_info {
 /// The packed token rows an MoE layer routes in one call, and who they are: sequence b owns rows
 /// offsets[b] .. offsets[b+1]; its row offsets[b] + i is position first_position(b) + i of the
 /// caller's sequence sequence(b). In encode/decode/score sequence b of the batch is sequence b,
-/// starting at position 0; in decode_step each row is one slot (sequence = slot) at its step.
+/// starting at position 0; in decode_step each slot is a sequence (sequence = slot) whose rows
+/// start at the slot's step.
 struct moe_rows {
   std::span<const index_t> offsets;          // [batch + 1]
   std::span<const index_t> sequence_ids;     // [batch], or empty: sequence b is b
@@ -148,6 +149,13 @@ class moe_router_stats {
 struct moe_runtime {
   moe_noise_source* noise = nullptr;  // noisy_top_k gate noise (ignored by the other gates)
   moe_router_stats* stats = nullptr;  // where each MoE layer records its routing
+};
+
+/// What a layer's forward pass is handed besides its input rows: who the packed rows are and the
+/// caller's mixture-of-experts options. Attention reads rows.offsets; MoE layers read all of it.
+struct forward_context {
+  moe_rows rows;
+  moe_runtime moe;
 };
 
 }  // namespace eigenformer

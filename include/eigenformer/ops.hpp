@@ -56,7 +56,7 @@ inline constexpr bool is_row_major_direct =
 
 /// y[i, o] = x[i, :] . w[o, :] + bias[o] for i < n (n <= small_batch_rows): the matrix-vector
 /// products of a decode step. Why not Eigen: Eigen's row-major GEMV reached 15 GB/s where the
-/// memory gives 24-32 (shared/design/performance.md), Eigen never threads a GEMV, and its GEMM for a
+/// memory gives 24-32 (docs/performance.md), Eigen never threads a GEMV, and its GEMM for a
 /// few rows packs the whole weight matrix (heap buffers, extra traffic). Here every weight row is
 /// read from memory exactly once per call, 4 rows at a time against the n inputs (held in L1),
 /// two inputs at a time, with the output rows split across threads. Rows are `ld*` apart.

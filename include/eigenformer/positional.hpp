@@ -1,5 +1,5 @@
 // eigenformer/positional.hpp: the sinusoidal position table of "Attention Is All You Need"
-// (section 3.5) and its Marian and tensor2tensor variants (shared/spec/model-format.md,
+// (section 3.5) and its Marian and tensor2tensor variants (docs/model-format.md,
 // Semantics). Computed once, in double, when a model is loaded; learned tables come from the file.
 #pragma once
 

@@ -2,12 +2,14 @@
 //
 // eigenformer runs on a single thread pool: OpenMP's. Mixing a second spinning runtime (OpenBLAS
 // threads, a user's pool spinning at the same time) made PyTorch 6.5x slower on 2 cores
-// (shared/design/performance.md), so there is no other. eigenformer decides itself which loops
+// (docs/performance.md), so there is no other. eigenformer decides itself which loops
 // fork (ops.hpp's linear(): column blocks of a GEMM, row blocks of a decode step's matrix-vector
 // products; attention: heads), and forks only for ~2 M multiply-adds per thread or more: Eigen's
 // own GEMM threading forks from 100 k and busy-waits between its threads, which made a small
 // model 100x slower while another process held the second core. The CMake target therefore
-// defines EIGEN_DONT_PARALLELIZE for its users.
+// defines EIGEN_DONT_PARALLELIZE for its users (unless EIGENFORMER_EIGEN_THREADS). That is for
+// speed only: nothing here depends on it for correctness, and inside the loops above Eigen does
+// not fork again either way (it stays on one thread inside a parallel region).
 //
 //   eigenformer::set_num_threads(1);   // single-threaded
 //   eigenformer::set_num_threads(0);   // all cores (the default)

@@ -1,4 +1,4 @@
-// eigenformer/workspace.hpp: the scratch buffers of one forward pass or one decoder state.
+// eigenformer/workspace.hpp: the scratch buffers of one forward pass or of decode steps.
 //
 // Layers never allocate: they resize() these tensors, which reallocate only when a buffer must
 // grow, so a workspace reused across decode steps stops allocating after the first step.
@@ -7,7 +7,6 @@
 #include <span>
 #include <vector>
 
-#include "moe_runtime.hpp"
 #include "tensor.hpp"
 
 namespace eigenformer {
@@ -40,14 +39,7 @@ struct workspace {
   tensor<Scalar> normed;  // [n, d_model]      pre-LN: the normalised sublayer input
   tensor<Scalar> hidden;  // [n, d_ff]         feed-forward activations
   tensor<Scalar> scores;  // [threads, Tq * Tk] attention probabilities, one block per thread
-
-  // Mixture-of-experts layers: the caller's runtime options for this pass (null: noise off, no
-  // statistics) and who the packed sequences are (moe_rows: empty spans mean batch index b,
-  // starting at position 0).
-  const moe_runtime* moe = nullptr;
-  std::span<const index_t> sequence_ids;
-  std::span<const index_t> first_positions;
-  moe_scratch<Scalar> moe_buf;
+  moe_scratch<Scalar> moe_buf;  // mixture-of-experts layers
 };
 
 }  // namespace eigenformer

@@ -18,12 +18,12 @@ namespace eigenformer::testing {
 /// Feeds `targets` (sequence b in slot b) through `m.decode_step` one token per step, a sequence
 /// leaving the step once it is finished, and asserts that every step's log-probs equal `full`, the
 /// teacher-forced `m.score(...)` [batch, max target length, tgt vocab] of the same targets, within
-/// `tol`. `cache` must come from `m.start_decoding` with one slot per sequence. Wrap the call in
-/// ASSERT_NO_FATAL_FAILURE to stop the test at the first mismatch.
+/// `tol`. `cache` must come from `m.start_decoding` with one slot per sequence; `moe` goes to every
+/// step. Wrap the call in ASSERT_NO_FATAL_FAILURE to stop the test at the first mismatch.
 template <class Scalar>
 void expect_decode_steps_match_scores(const model<Scalar>& m, kv_cache<Scalar>& cache,
                                       const std::vector<std::vector<token_id>>& targets, const tensor<Scalar>& full,
-                                      double tol) {
+                                      double tol, const moe_runtime& moe = {}) {
   const index_t vocab = m.config().tgt_vocab_size;
   std::size_t steps = 0;
   for (const auto& t : targets) steps = std::max(steps, t.size());
@@ -37,7 +37,7 @@ void expect_decode_steps_match_scores(const model<Scalar>& m, kv_cache<Scalar>& 
         tokens.push_back(targets[std::size_t(b)][std::size_t(t)]);
       }
     lp.resize({index_t(slots.size()), vocab});
-    m.decode_step(cache, slots, tokens, lp.matrix());
+    m.decode_step(cache, {.slots = slots, .tokens = tokens, .moe = moe}, lp.matrix());
     for (std::size_t i = 0; i < slots.size(); ++i)
       for (index_t v = 0; v < vocab; ++v)
         ASSERT_NEAR(lp(index_t(i), v), full(slots[i], t, v), tol) << "step " << t << " slot " << slots[i];

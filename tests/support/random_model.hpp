@@ -1,5 +1,5 @@
 // Test and benchmark helper: a complete set of randomly initialised weights for any model_config, named as
-// shared/spec/model-format.md names them. Values are rounded to float first, so a float and a
+// docs/model-format.md names them. Values are rounded to float first, so a float and a
 // double model built from the same seed hold exactly the same weights.
 #pragma once
 

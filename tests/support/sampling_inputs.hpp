@@ -23,13 +23,13 @@ inline std::vector<float> realistic_logits(index_t v, std::uint64_t seed, double
 }
 
 /// The command-line tool's default sampling chain: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, draw.
-inline chain default_chain() {
-  sampling_options o;
+inline sampling::chain default_chain() {
+  sampling::sampling_options o;
   o.temperature = 0.8f;
   o.top_k = 40;
   o.top_p = 0.95f;
   o.min_p = 0.05f;
-  return make_chain(o);
+  return sampling::make_chain(o);
 }
 
 }  // namespace eigenformer::testing

@@ -3,7 +3,7 @@
 // Why: Eigen's packet loads and our kernels want 64-byte alignment (one cache line, one AVX-512
 // register). Large weight buffers are also aligned to 2 MiB and advised as huge pages on Linux:
 // on the development machine that raised streaming read bandwidth 1.22-1.32x
-// (shared/design/performance.md), and a batch-1 decode step is bound by that bandwidth.
+// (docs/performance.md), and a batch-1 decode step is bound by that bandwidth.
 #pragma once
 
 #include <cstddef>

@@ -49,7 +49,7 @@ weight_map<Scalar> read_weights(const io::safetensors_file& file) {
   return weights;
 }
 
-/// Loads the model file at `path` (shared/spec/model-format.md) for inference in Scalar.
+/// Loads the model file at `path` (docs/model-format.md) for inference in Scalar.
 template <class Scalar>
 model<Scalar> load_model(const std::filesystem::path& path) {
   const io::safetensors_file file(path);

@@ -1,5 +1,5 @@
 // eigenformer/io/npy.hpp: reads and writes NumPy .npy arrays, the format the command-line tool takes
-// and gives arrays in (shared/spec/cli.md) and the golden outputs of the tests are stored in.
+// and gives arrays in (docs/cli.md) and the golden outputs of the tests are stored in.
 //
 // Format (numpy/lib/format.py): the magic "\x93NUMPY", a version byte pair (1.0, 2.0 or 3.0), the
 // header length (u16 little-endian in 1.0, u32 in 2.0 and 3.0), the header: a Python dict literal

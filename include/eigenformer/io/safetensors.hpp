@@ -1,5 +1,5 @@
 // eigenformer/io/safetensors.hpp: reads and writes the safetensors format (the model file, see
-// shared/spec/model-format.md): an 8-byte little-endian header length N, N bytes of JSON header,
+// docs/model-format.md): an 8-byte little-endian header length N, N bytes of JSON header,
 // then the raw tensor bytes ("data section").
 //
 // Why so strict: a model file comes from outside, so safetensors_file validates the whole header

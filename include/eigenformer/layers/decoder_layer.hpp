@@ -1,4 +1,4 @@
-// eigenformer/layers/decoder_layer.hpp: nn.TransformerDecoderLayer (shared/spec/model-format.md):
+// eigenformer/layers/decoder_layer.hpp: nn.TransformerDecoderLayer (docs/model-format.md):
 //   post-LN: x = norm1(x + SA(x)); x = norm2(x + CA(x, memory)); x = norm3(x + FF(x))
 //   pre-LN:  x = x + SA(norm1(x)); x = x + CA(norm2(x), memory); x = x + FF(norm3(x))
 // SA is causal; FF is the dense feed-forward block or, for the layers config.moe lists, a mixture
@@ -15,16 +15,6 @@
 #include "moe.hpp"
 
 namespace eigenformer {
-
-/// Where cross-attention finds the encoder's keys and values: kv [n_src, 2 d_model] packed by
-/// source sequence; query sequence b reads rows offsets[b] .. offsets[b] + lengths[b].
-template <class Scalar>
-struct kv_source {
-  const Scalar* kv = nullptr;
-  index_t stride = 0;                 // elements between consecutive key rows (2 d_model)
-  std::span<const index_t> offsets;   // first key row of each query sequence
-  std::span<const index_t> lengths;   // key rows of each query sequence
-};
 
 template <class Scalar>
 struct decoder_layer {
@@ -52,10 +42,11 @@ struct decoder_layer {
            norm1.parameter_count() + norm2.parameter_count() + norm3.parameter_count();
   }
 
-  /// x [n, d_model] in place. `self_attention_fn(input, out)` computes the causal self-attention
-  /// sublayer (teacher forcing or cached); `memory` gives the cross-attention keys and values.
+  /// x [n, d_model] in place, packed as ctx.rows says. `self_attention_fn(input, out)` computes
+  /// the causal self-attention sublayer (teacher forcing or cached); `memory` views the
+  /// cross-attention keys and values (the projected encoder output) of each query sequence.
   template <class SelfAttention>
-  void forward(matrix_view<Scalar> x, std::span<const index_t> offsets, const kv_source<Scalar>& memory,
+  void forward(matrix_view<Scalar> x, const forward_context& ctx, const kv_view<Scalar>& memory,
                SelfAttention&& self_attention_fn, workspace<Scalar>& ws) const {
     const index_t n = x.rows(), d = x.cols();
     ws.sub.resize({n, d});
@@ -63,8 +54,7 @@ struct decoder_layer {
     auto sub = ws.sub.matrix();
     auto normed = ws.normed.matrix();
     auto cross = [&](const auto& input) {
-      attention_over_kv(cross_attn, input, offsets, memory.kv, memory.stride, memory.offsets, memory.lengths, false,
-                        std::span<const index_t>{}, sub, ws);
+      attention_over_kv(cross_attn, input, ctx.rows.offsets, memory, sub, ws);
     };
     if (norm_first) {
       norm1(x, normed);
@@ -74,7 +64,7 @@ struct decoder_layer {
       cross(normed);
       x += sub;
       norm3(x, normed);
-      ff(normed, sub, offsets, ws);
+      ff(normed, sub, ctx, ws);
       x += sub;
     } else {
       self_attention_fn(x, sub);
@@ -83,7 +73,7 @@ struct decoder_layer {
       cross(x);
       x += sub;
       norm2(x, x);
-      ff(x, sub, offsets, ws);
+      ff(x, sub, ctx, ws);
       x += sub;
       norm3(x, x);
     }

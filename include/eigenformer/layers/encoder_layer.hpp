@@ -1,4 +1,4 @@
-// eigenformer/layers/encoder_layer.hpp: nn.TransformerEncoderLayer (shared/spec/model-format.md):
+// eigenformer/layers/encoder_layer.hpp: nn.TransformerEncoderLayer (docs/model-format.md):
 //   post-LN: x = norm1(x + SA(x));       x = norm2(x + FF(x))
 //   pre-LN:  x = x + SA(norm1(x));       x = x + FF(norm2(x))
 // FF is the dense feed-forward block or, for the layers config.moe lists, a mixture of experts.
@@ -35,9 +35,10 @@ struct encoder_layer {
     return self_attn.parameter_count() + ff.parameter_count() + norm1.parameter_count() + norm2.parameter_count();
   }
 
-  /// x [n, d_model] in place; sequence b is rows offsets[b] .. offsets[b+1].
-  void forward(matrix_view<Scalar> x, std::span<const index_t> offsets, workspace<Scalar>& ws) const {
+  /// x [n, d_model] in place; sequence b is rows ctx.rows.offsets[b] .. offsets[b+1].
+  void forward(matrix_view<Scalar> x, const forward_context& ctx, workspace<Scalar>& ws) const {
     const index_t n = x.rows(), d = x.cols();
+    const std::span<const index_t> offsets = ctx.rows.offsets;
     ws.sub.resize({n, d});
     auto sub = ws.sub.matrix();
     if (norm_first) {
@@ -47,13 +48,13 @@ struct encoder_layer {
       self_attention(self_attn, normed, offsets, false, sub, ws);
       x += sub;
       norm2(x, normed);
-      ff(normed, sub, offsets, ws);
+      ff(normed, sub, ctx, ws);
       x += sub;
     } else {
       self_attention(self_attn, x, offsets, false, sub, ws);
       x += sub;
       norm1(x, x);
-      ff(x, sub, offsets, ws);
+      ff(x, sub, ctx, ws);
       x += sub;
       norm2(x, x);
     }

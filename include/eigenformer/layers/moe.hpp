@@ -1,5 +1,5 @@
 // eigenformer/layers/moe.hpp: the mixture-of-experts feed-forward block of
-// shared/spec/model-format.md, and feed_forward_block, which is either it or the dense block.
+// docs/model-format.md, and feed_forward_block, which is either it or the dense block.
 //
 // With gate logits h = x Wg^T (one per expert, Wg [E, d_model], no bias):
 //   softmax:      g = softmax(h);                     y = sum over all e of g_e FF_e(x)
@@ -109,11 +109,10 @@ class moe_layer {
     return p;
   }
 
-  /// out [n, d_model] = MoE(x [n, d_model]). `offsets` [batch + 1] are the packed sequences of the
-  /// rows (with ws.sequence_ids and ws.first_positions they tell the noise source who each row
-  /// is); ws.moe carries the caller's noise source and statistics. out must not overlap x.
+  /// out [n, d_model] = MoE(x [n, d_model]). ctx.rows tells the noise source who each row is;
+  /// ctx.moe carries the caller's noise source and statistics. out must not overlap x.
   template <class X, class Y>
-  void operator()(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<Y>& out_, std::span<const index_t> offsets,
+  void operator()(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<Y>& out_, const forward_context& ctx,
                   workspace<Scalar>& ws) const {
     Y& out = detail::writable(out_);
     const index_t n = x.rows(), d = d_model(), E = n_experts(), k = top_k_, dff = d_ff();
@@ -125,7 +124,7 @@ class moe_layer {
     s.logits.resize({n, E});
     auto h = s.logits.matrix();
     linear(x, gate_weight_.matrix(), std::span<const Scalar>{}, h);
-    if (gate_ == gate::noisy_top_k && ws.moe && ws.moe->noise) add_noise(x, offsets, ws);
+    if (gate_ == gate::noisy_top_k && ctx.moe.noise) add_noise(x, ctx, ws);
 
     // 2. Routing: chosen experts and their weights per (token, slot).
     s.choice.resize(static_cast<std::size_t>(n * k));
@@ -166,7 +165,7 @@ class moe_layer {
     s.active.clear();
     for (index_t e = 0; e < E; ++e)
       if (s.starts[static_cast<std::size_t>(e + 1)] > s.starts[static_cast<std::size_t>(e)]) s.active.push_back(e);
-    record(n, ws);
+    record(n, ctx, ws);
 
     // 4. One GEMM pair per non-empty expert over its contiguous block of rows.
     const index_t m_total = n * k;
@@ -216,10 +215,10 @@ class moe_layer {
 
  private:
   template <class X>
-  void add_noise(const Eigen::MatrixBase<X>& x, std::span<const index_t> offsets, workspace<Scalar>& ws) const {
+  void add_noise(const Eigen::MatrixBase<X>& x, const forward_context& ctx, workspace<Scalar>& ws) const {
     const index_t n = x.rows(), E = n_experts();
-    const moe_rows rows{offsets, ws.sequence_ids, ws.first_positions};
-    if (offsets.empty() || rows.rows() != n || offsets.front() != 0 ||
+    const moe_rows& rows = ctx.rows;
+    if (rows.offsets.empty() || rows.rows() != n || rows.offsets.front() != 0 ||
         (!rows.sequence_ids.empty() && static_cast<index_t>(rows.sequence_ids.size()) != rows.batch()) ||
         (!rows.first_positions.empty() && static_cast<index_t>(rows.first_positions.size()) != rows.batch())) {
       throw invalid_argument(scope_ + ": MoE noise needs the packed sequences of its " + std::to_string(n) +
@@ -229,7 +228,7 @@ class moe_layer {
     s.noise_logits.resize({n, E});
     linear(x, noise_weight_.matrix(), std::span<const Scalar>{}, s.noise_logits.matrix());
     s.eps.resize(static_cast<std::size_t>(n * E));
-    ws.moe->noise->fill(info(), rows, s.eps);
+    ctx.moe.noise->fill(info(), rows, s.eps);
     Scalar* h = s.logits.data();
     const Scalar* z = s.noise_logits.data();
     for (index_t p = 0; p < n * E; ++p) {  // h + eps * softplus(x Wn^T), in PyTorch's order
@@ -237,9 +236,9 @@ class moe_layer {
     }
   }
 
-  void record(index_t n, workspace<Scalar>& ws) const {
-    if (!ws.moe || !ws.moe->stats) return;
-    moe_router_stats& stats = *ws.moe->stats;
+  void record(index_t n, const forward_context& ctx, workspace<Scalar>& ws) const {
+    if (!ctx.moe.stats) return;
+    moe_router_stats& stats = *ctx.moe.stats;
     moe_layer_stats& st = stats.entry(info());
     const moe_scratch<Scalar>& s = ws.moe_buf;
     st.tokens = n;
@@ -292,12 +291,12 @@ class feed_forward_block {
     return std::visit([](const auto& f) { return f.parameter_count(); }, impl_);
   }
 
-  /// out [n, d_model] = FF(x [n, d_model]); `offsets` are the packed sequences of the rows.
+  /// out [n, d_model] = FF(x [n, d_model]); `ctx` says who the rows are (for MoE layers).
   template <class X, class Y>
-  void operator()(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<Y>& out, std::span<const index_t> offsets,
+  void operator()(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<Y>& out, const forward_context& ctx,
                   workspace<Scalar>& ws) const {
     if (const auto* m = std::get_if<moe_layer<Scalar>>(&impl_)) {
-      (*m)(x, out, offsets, ws);
+      (*m)(x, out, ctx, ws);
     } else {
       std::get<feed_forward<Scalar>>(impl_)(x, out, ws);
     }

@@ -31,7 +31,7 @@
 #include "../error.hpp"
 #include "../types.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
 /// One token of the vocabulary during a decode step.
 struct candidate {
@@ -208,10 +208,10 @@ class candidates {
 template <class Scalar>
 void candidates::fill_impl(std::span<const Scalar> logits) {
   const auto n = static_cast<index_t>(logits.size());
-  if (n == 0) throw invalid_argument("logits: shape [0], expected at least one token");
+  if (n == 0) throw invalid_argument("logits", "shape [0], expected at least one token");
   if (n > capacity()) {
-    throw invalid_argument("logits: shape " + shape_string({n}) + " exceeds the candidate buffer's capacity " +
-                           std::to_string(capacity()));
+    throw invalid_argument("logits", "shape " + shape_string({n}) + " exceeds the candidate buffer's capacity " +
+                                         std::to_string(capacity()));
   }
   // One pass: copy and flag anything that is not "< +inf" (NaN and +inf both fail that test).
   constexpr float inf = std::numeric_limits<float>::infinity();
@@ -226,11 +226,11 @@ void candidates::fill_impl(std::span<const Scalar> logits) {
     for (index_t i = 0; i < n; ++i) {
       const Scalar x = logits[static_cast<std::size_t>(i)];
       if (std::isnan(x)) {
-        throw invalid_argument("logits: NaN at token " + std::to_string(i) + ", expected a number");
+        throw invalid_argument("logits", "NaN at token " + std::to_string(i) + ", expected a number");
       }
       if (!(static_cast<float>(x) < inf)) {
-        throw invalid_argument("logits: " + std::string(x > 0 && std::isinf(x) ? "+inf" : "a value beyond float's range") +
-                               " at token " + std::to_string(i) + ", expected a finite value or -inf");
+        throw invalid_argument("logits", std::string(x > 0 && std::isinf(x) ? "+inf" : "a value beyond float's range") +
+                                             " at token " + std::to_string(i) + ", expected a finite value or -inf");
       }
     }
   }
@@ -308,4 +308,4 @@ inline void candidates::softmax() {
 #pragma GCC diagnostic pop
 #endif
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling

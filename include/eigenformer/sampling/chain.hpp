@@ -1,11 +1,12 @@
 // eigenformer/sampling/chain.hpp: samplers run in the order the caller adds them; a chain is
 // itself a sampler, so chains nest. sample() runs one step and returns the chosen token.
 //
-//   eigenformer::chain c;
-//   c.add(eigenformer::temperature(0.8f)).add(eigenformer::top_k(40)).add(eigenformer::distribution());
-//   eigenformer::candidates buf(vocab_size);                       // once
-//   auto ctx = eigenformer::sampling_context::for_sequence(seed, 0);
-//   token_id t = eigenformer::sample(c, logits, buf, ctx);         // each step
+//   namespace efs = eigenformer::sampling;
+//   efs::chain c;
+//   c.add(efs::temperature(0.8f)).add(efs::top_k(40)).add(efs::distribution());
+//   efs::candidates buf(vocab_size);                               // once
+//   auto ctx = efs::sampling_context::for_sequence(seed, 0);
+//   token_id t = efs::sample(c, logits, buf, ctx);                 // each step
 //
 // The chain stops at the first stage that selects a token (greedy, distribution); a chain with no
 // selecting stage leaves the choice to its caller, and sample() then throws.
@@ -23,7 +24,7 @@
 #include "candidates.hpp"
 #include "sampler.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
 class chain final : public sampler {
  public:
@@ -42,7 +43,7 @@ class chain final : public sampler {
 
   /// Appends a stage; throws invalid_argument on a null pointer.
   chain& add(std::unique_ptr<sampler> stage) {
-    if (!stage) throw invalid_argument("chain: null sampler, expected a sampler");
+    if (!stage) throw invalid_argument("chain", "null sampler, expected a sampler");
     stages_.push_back(std::move(stage));
     return *this;
   }
@@ -114,4 +115,4 @@ inline token_id sample(sampler& s, std::span<const double> logits, candidates& b
   return sample(s, buffer, ctx);
 }
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling

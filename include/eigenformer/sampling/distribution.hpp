@@ -21,7 +21,7 @@
 #include "candidates.hpp"
 #include "sampler.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
 class distribution final : public cloneable_sampler<distribution> {
  public:
@@ -70,4 +70,4 @@ class distribution final : public cloneable_sampler<distribution> {
   std::string name() const override { return "distribution"; }
 };
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling

@@ -11,7 +11,7 @@
 #include "candidates.hpp"
 #include "sampler.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
 class greedy final : public cloneable_sampler<greedy> {
  public:
@@ -19,4 +19,4 @@ class greedy final : public cloneable_sampler<greedy> {
   std::string name() const override { return "greedy"; }
 };
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling

@@ -20,16 +20,16 @@
 #include "candidates.hpp"
 #include "sampler.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
 class min_p final : public cloneable_sampler<min_p> {
  public:
   explicit min_p(float p, index_t min_keep = 1) : p_(p), min_keep_(min_keep) {
     if (!(p >= 0.0f && p <= 1.0f)) {
-      throw invalid_argument("min_p: " + detail::number_string(p) + ", expected a value in [0, 1]");
+      throw invalid_argument("min_p", detail::number_string(p) + ", expected a value in [0, 1]");
     }
     if (min_keep < 1) {
-      throw invalid_argument("min_p: min_keep " + std::to_string(min_keep) + ", expected a value >= 1");
+      throw invalid_argument("min_p", "min_keep " + std::to_string(min_keep) + ", expected a value >= 1");
     }
   }
 
@@ -65,4 +65,4 @@ class min_p final : public cloneable_sampler<min_p> {
   index_t min_keep_;
 };
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling

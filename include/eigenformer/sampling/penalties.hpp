@@ -29,7 +29,7 @@
 #include "candidates.hpp"
 #include "sampler.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
 namespace detail {
 
@@ -83,12 +83,12 @@ class repetition_penalty final : public cloneable_sampler<repetition_penalty> {
   /// penalty > 1 discourages repeats (1.2 in the CTRL paper); last_n = 0 looks at the whole history.
   explicit repetition_penalty(float penalty, index_t last_n = 0) : penalty_(penalty), last_n_(last_n) {
     if (!(penalty > 0.0f) || std::isinf(penalty)) {
-      throw invalid_argument("repetition_penalty: " + detail::number_string(penalty) +
-                             ", expected a finite value > 0 (1 disables)");
+      throw invalid_argument("repetition_penalty",
+                             detail::number_string(penalty) + ", expected a finite value > 0 (1 disables)");
     }
     if (last_n < 0) {
-      throw invalid_argument("repetition_penalty: last_n " + std::to_string(last_n) +
-                             ", expected a value >= 0 (0 = the whole history)");
+      throw invalid_argument("repetition_penalty",
+                             "last_n " + std::to_string(last_n) + ", expected a value >= 0 (0 = the whole history)");
     }
   }
 
@@ -118,7 +118,7 @@ class no_repeat_ngram final : public cloneable_sampler<no_repeat_ngram> {
  public:
   /// n >= 1; n = 1 bans every token of the history.
   explicit no_repeat_ngram(index_t n) : n_(n) {
-    if (n < 1) throw invalid_argument("no_repeat_ngram: " + std::to_string(n) + ", expected n >= 1");
+    if (n < 1) throw invalid_argument("no_repeat_ngram", std::to_string(n) + ", expected n >= 1");
   }
 
   void apply(candidates& c, sampling_context& ctx) override {
@@ -160,13 +160,14 @@ class logit_bias final : public cloneable_sampler<logit_bias> {
     ids_.reserve(entries_.size());
     for (std::size_t j = 0; j < entries_.size(); ++j) {
       const auto& e = entries_[j];
-      const std::string where = "logit_bias: token " + std::to_string(e.id);
-      if (e.id < 0) throw invalid_argument(where + ", expected an id >= 0");
+      const std::string token = "token " + std::to_string(e.id);
+      if (e.id < 0) throw invalid_argument("logit_bias", token + ", expected an id >= 0");
       if (std::isnan(e.bias) || e.bias == std::numeric_limits<float>::infinity()) {
-        throw invalid_argument(where + " bias " + detail::number_string(e.bias) + ", expected a finite value or -inf");
+        throw invalid_argument("logit_bias",
+                               token + " bias " + detail::number_string(e.bias) + ", expected a finite value or -inf");
       }
       if (std::find(ids_.begin(), ids_.end(), e.id) != ids_.end()) {
-        throw invalid_argument(where + " listed twice, expected each token at most once");
+        throw invalid_argument("logit_bias", token + " listed twice, expected each token at most once");
       }
       ids_.push_back(e.id);
     }
@@ -187,4 +188,4 @@ class logit_bias final : public cloneable_sampler<logit_bias> {
   detail::token_marks marks_;
 };
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling

@@ -1,4 +1,4 @@
-// eigenformer/sampling/presets.hpp: the command-line tool's chain (shared/spec/cli.md).
+// eigenformer/sampling/presets.hpp: the command-line tool's chain (docs/cli.md).
 //
 // make_chain(options) builds, from the options that are set, in this order:
 //   temperature -> top_k -> top_p -> min_p -> distribution
@@ -11,11 +11,11 @@
 // Hugging Face transformers, temperature comes first and top-p / min-p act on the tempered
 // distribution (the sampling section of the documentation shows an example).
 //
-// The seed does not enter the chain: each sequence draws from
-// sampling_context::for_sequence(options.seed, index).
+// A chain has no randomness of its own, so the options hold no seed: the seed belongs to the
+// generation (generation_options::seed), and each sequence draws from
+// sampling_context::for_sequence(seed, index).
 #pragma once
 
-#include <cstdint>
 #include <optional>
 
 #include "chain.hpp"
@@ -26,15 +26,14 @@
 #include "top_k.hpp"
 #include "top_p.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
-/// --temperature, --top-k, --top-p, --min-p, --seed.
+/// --temperature, --top-k, --top-p, --min-p.
 struct sampling_options {
-  std::optional<float> temperature;
-  std::optional<index_t> top_k;
-  std::optional<float> top_p;
-  std::optional<float> min_p;
-  std::uint64_t seed = 0;
+  std::optional<float> temperature = {};  // default initialisers: designated initialisers may omit any
+  std::optional<index_t> top_k = {};
+  std::optional<float> top_p = {};
+  std::optional<float> min_p = {};
 
   /// True when no option asks for sampling: no option given, or temperature 0.
   bool greedy() const noexcept {
@@ -44,7 +43,8 @@ struct sampling_options {
 };
 
 /// The chain for `o` (see the file comment). Validates every option that is set, even under
-/// temperature 0, and throws invalid_argument naming it (e.g. "top_p: 1.5, expected a value in (0, 1]").
+/// temperature 0, and throws invalid_argument whose subject() is the option ("top_p") and whose
+/// what() reads "top_p: 1.5, expected a value in (0, 1]".
 inline chain make_chain(const sampling_options& o) {
   // Construct every stage first: an invalid option is reported whichever path is taken.
   std::optional<temperature> t;
@@ -69,4 +69,4 @@ inline chain make_chain(const sampling_options& o) {
   return c;
 }
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling

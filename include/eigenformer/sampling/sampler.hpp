@@ -7,11 +7,11 @@
 //
 // A user sampler needs nothing but this header and candidates.hpp:
 //
-//   struct ban_token final : eigenformer::cloneable_sampler<ban_token> {
+//   struct ban_token final : eigenformer::sampling::cloneable_sampler<ban_token> {
 //     eigenformer::token_id banned;
 //     explicit ban_token(eigenformer::token_id t) : banned(t) {}
-//     void apply(eigenformer::candidates& c, eigenformer::sampling_context&) override {
-//       c.keep_if([&](const eigenformer::candidate& x) { return x.id != banned; });
+//     void apply(eigenformer::sampling::candidates& c, eigenformer::sampling::sampling_context&) override {
+//       c.keep_if([&](const eigenformer::sampling::candidate& x) { return x.id != banned; });
 //     }
 //     std::string name() const override { return "ban_token"; }
 //   };
@@ -33,21 +33,21 @@
 #include "../types.hpp"
 #include "candidates.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
 /// What a sampler may know about the sequence it samples for. The decode loop keeps one per
 /// sequence and updates `history` before each step.
 struct sampling_context {
   /// This sequence's random stream (see detail/rng.hpp); the only source of randomness.
-  detail::rng rng;
+  eigenformer::detail::rng rng;
   /// The sequence's tokens so far, oldest first, as the decode loop keeps them (Hugging Face's
   /// processors see the whole decoder input, start token included). Penalties read it.
   std::span<const token_id> history = {};
 
   /// The context of sequence `index` of a batch decoded with `seed`: stream
-  /// detail::rng::stream(seed, index), so a sequence's tokens do not depend on its batch.
+  /// eigenformer::detail::rng::stream(seed, index), so a sequence's tokens do not depend on its batch.
   static sampling_context for_sequence(std::uint64_t seed, std::uint64_t index) {
-    return sampling_context{detail::rng::stream(seed, index), {}};
+    return sampling_context{eigenformer::detail::rng::stream(seed, index), {}};
   }
 };
 
@@ -90,4 +90,4 @@ inline std::string number_string(float v) {
 }
 }  // namespace detail
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling

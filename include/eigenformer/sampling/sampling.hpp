@@ -1,4 +1,5 @@
-// eigenformer/sampling/sampling.hpp: every sampling header.
+// eigenformer/sampling/sampling.hpp: every sampling header. Everything they declare lives in
+// namespace eigenformer::sampling (helpers in eigenformer::sampling::detail).
 #pragma once
 
 #include "candidates.hpp"

@@ -19,14 +19,13 @@
 #include "candidates.hpp"
 #include "sampler.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
 class temperature final : public cloneable_sampler<temperature> {
  public:
   explicit temperature(float t) : t_(t) {
     if (!(t >= 0) || std::isinf(t)) {
-      throw invalid_argument("temperature: " + detail::number_string(t) +
-                             ", expected a finite value >= 0 (0 = greedy)");
+      throw invalid_argument("temperature", detail::number_string(t) + ", expected a finite value >= 0 (0 = greedy)");
     }
   }
 
@@ -58,4 +57,4 @@ class temperature final : public cloneable_sampler<temperature> {
   float t_;
 };
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling

@@ -17,7 +17,7 @@
 #include "candidates.hpp"
 #include "sampler.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
 namespace detail {
 /// Moves the k best of [first, last) (ranks_before) to [first, first + k), sorted; 0 < k < n.
@@ -43,7 +43,7 @@ inline void heap_select_sorted(candidate* first, candidate* last, index_t k) {
 class top_k final : public cloneable_sampler<top_k> {
  public:
   explicit top_k(index_t k) : k_(k) {
-    if (k < 0) throw invalid_argument("top_k: " + std::to_string(k) + ", expected k >= 0 (0 disables)");
+    if (k < 0) throw invalid_argument("top_k", std::to_string(k) + ", expected k >= 0 (0 disables)");
   }
 
   index_t value() const noexcept { return k_; }
@@ -69,4 +69,4 @@ class top_k final : public cloneable_sampler<top_k> {
   index_t k_;
 };
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling

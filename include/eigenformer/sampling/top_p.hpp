@@ -37,7 +37,7 @@
 #include "candidates.hpp"
 #include "sampler.hpp"
 
-namespace eigenformer {
+namespace eigenformer::sampling {
 
 class top_p final : public cloneable_sampler<top_p> {
  public:
@@ -46,10 +46,10 @@ class top_p final : public cloneable_sampler<top_p> {
 
   explicit top_p(float p, crossing mode = crossing::keep, index_t min_keep = 1) : p_(p), mode_(mode), min_keep_(min_keep) {
     if (!(p > 0.0f && p <= 1.0f)) {
-      throw invalid_argument("top_p: " + detail::number_string(p) + ", expected a value in (0, 1]");
+      throw invalid_argument("top_p", detail::number_string(p) + ", expected a value in (0, 1]");
     }
     if (min_keep < 1) {
-      throw invalid_argument("top_p: min_keep " + std::to_string(min_keep) + ", expected a value >= 1");
+      throw invalid_argument("top_p", "min_keep " + std::to_string(min_keep) + ", expected a value >= 1");
     }
   }
 
@@ -179,4 +179,4 @@ class top_p final : public cloneable_sampler<top_p> {
   double target_ = 0;  // p times the kept mass, for the current apply()
 };
 
-}  // namespace eigenformer
+}  // namespace eigenformer::sampling
