@@ -1,4 +1,8 @@
 // eigenformer/eigenformer.hpp: the umbrella header. Includes the public headers, nothing else.
+// Not io/npy.hpp: NumPy arrays are for the command-line tool and tests, and a host application
+// should not compile them; include <eigenformer/io/npy.hpp> where you need it. extern_templates.hpp
+// comes last: with eigenformer::compiled it declares the heavy float and double instantiations
+// extern, so that this translation unit does not compile them again.
 #pragma once
 
 #include "version.hpp"
@@ -24,5 +28,5 @@
 #include "decode.hpp"
 #include "sampling/sampling.hpp"
 #include "io/safetensors.hpp"
-#include "io/npy.hpp"
 #include "io/model_loader.hpp"
+#include "extern_templates.hpp"

@@ -5,7 +5,8 @@
 #   L3 attention, layers/*              L4 model
 #   S  sampling/*  -> L0..L2 and S       L5 decode -> everything but io
 #   IO io/safetensors, io/npy -> L0..L1  io/model_loader -> everything but decode and sampling
-#   the umbrella eigenformer.hpp may include anything.
+#   the umbrella eigenformer.hpp, and extern_templates.hpp (declares instantiations of decode and
+#   io/model_loader alike), may include anything.
 # Usage: cmake -DROOT=include/eigenformer -P check_levels.cmake
 function(level_of path out)
   if(path MATCHES "^(version|error|types)\\.hpp$" OR path MATCHES "^detail/")
@@ -26,7 +27,7 @@ function(level_of path out)
     set(${out} IO_LOADER PARENT_SCOPE)
   elseif(path MATCHES "^io/")
     set(${out} IO PARENT_SCOPE)
-  elseif(path STREQUAL "eigenformer.hpp")
+  elseif(path STREQUAL "eigenformer.hpp" OR path STREQUAL "extern_templates.hpp")
     set(${out} UMBRELLA PARENT_SCOPE)
   else()
     set(${out} UNKNOWN PARENT_SCOPE)

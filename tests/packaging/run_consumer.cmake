@@ -1,8 +1,13 @@
 # Builds tests/packaging/consumer against eigenformer and runs it.
 #   MODE=find_package:     cmake --install the build tree into WORK_DIR/prefix, then find_package.
 #   MODE=add_subdirectory: the consumer adds SOURCE_DIR as a subdirectory.
+#   COMPILED=ON:           also consumer_compiled, linked with eigenformer::compiled, which loads
+#                          the bundled G2P model and generates.
 file(REMOVE_RECURSE ${WORK_DIR})
-set(config_args)
+if(NOT DEFINED COMPILED)
+  set(COMPILED OFF)
+endif()
+set(config_args -DCONSUMER_COMPILED=${COMPILED})
 if(MODE STREQUAL "find_package")
   execute_process(COMMAND ${CMAKE_COMMAND} --install ${BINARY_DIR} --prefix ${WORK_DIR}/prefix
                   RESULT_VARIABLE rc)
@@ -12,9 +17,13 @@ if(MODE STREQUAL "find_package")
   if(NOT EXISTS ${WORK_DIR}/prefix/include/eigenformer/eigenformer.hpp)
     message(FATAL_ERROR "the install tree lacks include/eigenformer/eigenformer.hpp")
   endif()
-  set(config_args -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix -DEIGENFORMER_CONSUMER_MODE=find_package)
+  file(GLOB_RECURSE archive ${WORK_DIR}/prefix/*/libeigenformer_compiled.a)
+  if(COMPILED AND NOT archive)
+    message(FATAL_ERROR "the install tree lacks libeigenformer_compiled.a")
+  endif()
+  list(APPEND config_args -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix -DEIGENFORMER_CONSUMER_MODE=find_package)
 else()
-  set(config_args -DEIGENFORMER_SOURCE=${SOURCE_DIR} -DEIGENFORMER_CONSUMER_MODE=add_subdirectory)
+  list(APPEND config_args -DEIGENFORMER_SOURCE=${SOURCE_DIR} -DEIGENFORMER_CONSUMER_MODE=add_subdirectory)
 endif()
 execute_process(COMMAND ${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${WORK_DIR}/build ${config_args}
                 RESULT_VARIABLE rc)
@@ -28,6 +37,13 @@ endif()
 execute_process(COMMAND ${WORK_DIR}/build/consumer RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "the consumer failed: ${rc}")
+endif()
+if(COMPILED)
+  execute_process(COMMAND ${WORK_DIR}/build/consumer_compiled ${SOURCE_DIR}/examples/models/g2p.safetensors
+                  RESULT_VARIABLE rc)
+  if(rc)
+    message(FATAL_ERROR "consumer_compiled failed: ${rc}")
+  endif()
 endif()
 if(MODE STREQUAL "add_subdirectory" AND EXISTS ${WORK_DIR}/build/eigenformer/tests)
   message(FATAL_ERROR "add_subdirectory built eigenformer's tests in a consumer's tree")

@@ -1,0 +1,40 @@
+# Checks that a translation unit compiled against eigenformer::compiled (EIGENFORMER_EXTERN_TEMPLATES)
+# does not instantiate the model, the loader or generate() itself: each must appear in its object
+# file as an undefined symbol (U, resolved by the library), never as a definition (T or W, which is
+# what the same source gives without extern_templates.hpp).
+# Usage: cmake -DNM=nm -DOBJECTS="a.o;..." -P check_extern.cmake
+execute_process(COMMAND ${NM} -C ${OBJECTS} OUTPUT_VARIABLE symbols RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "${NM} failed: ${rc}")
+endif()
+string(REPLACE "\n" ";" lines "${symbols}")
+set(failures "")
+foreach(scalar IN ITEMS float double)
+  foreach(name IN ITEMS "eigenformer::model<${scalar}>::encode("
+                        "eigenformer::model<${scalar}>::score("
+                        "eigenformer::model<${scalar}> eigenformer::load_model<${scalar}>("
+                        "eigenformer::generate<${scalar}>(")
+    set(undefined FALSE)
+    set(defined FALSE)
+    foreach(line IN LISTS lines)
+      string(FIND "${line}" "${name}" at)
+      if(at EQUAL -1)
+        continue()
+      endif()
+      if(line MATCHES "^ +U ")
+        set(undefined TRUE)
+      elseif(line MATCHES "^[0-9a-f]+ [TtWw] ")
+        set(defined TRUE)
+      endif()
+    endforeach()
+    if(defined)
+      string(APPEND failures "  ${name}...): defined in the user's object (instantiated there)\n")
+    elseif(NOT undefined)
+      string(APPEND failures "  ${name}...): not referenced at all (did extern_check.cpp change?)\n")
+    endif()
+  endforeach()
+endforeach()
+if(failures)
+  message(FATAL_ERROR "extern templates not in effect:\n${failures}")
+endif()
+message(STATUS "extern templates: the model, loader and generate() are left to eigenformer::compiled")
