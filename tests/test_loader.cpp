@@ -3,6 +3,11 @@
 // safetensors whose metadata, config or tensors do not make a model.)
 #include <eigenformer/io/model_loader.hpp>
 
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include "support/hostile_files.hpp"
 #include "support/random_model.hpp"
 #include "test_util.hpp"
 
@@ -81,6 +86,9 @@ TEST(Loader, ConfigErrorsNameTheKey) {
       {"norm_frist", true, "config.norm_frist: unknown key"},
       {"architecture", "decoder-only", "config.architecture: 'decoder-only', expected one of 'encoder-decoder'"},
       {"eos_id", 19, "config.eos_id: 19, expected 0 to 18"},
+      // Catches: pad_id checked only for >= 0, not against the vocabulary as bos_id and eos_id are.
+      {"pad_id", 19, "config.pad_id: 19, expected 0 to 18"},
+      {"pad_id", -1, "config.pad_id: -1, expected 0 to 18"},
       {"layer_norm_eps", -1.0, "config.layer_norm_eps"},
       {"share_embeddings", true, "config.share_embeddings: src_vocab_size 23 differs from tgt_vocab_size 19"},
       {"moe", nlohmann::json{{"n_experts", 4}, {"top_k", 5}, {"gate", "top_k"}}, "config.moe.top_k: 5, expected 1 to n_experts 4"},
@@ -136,4 +144,93 @@ TEST(Loader, IntegerTensorIsRejected) {
 
 TEST(Loader, MissingFileNamesThePath) {
   EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>("/nonexistent/model.safetensors"), ef::error, "/nonexistent/model.safetensors");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile files (the container's own cases are in test_safetensors). Each test names the wrong
+// implementation it catches.
+
+TEST(LoaderHostile, DeeplyNestedConfigIsRejectedNotACrash) {
+  // Catches: quoting the value in "expected an integer, got <dump()>" with nlohmann's recursive dump(),
+  // which overflows the stack (SIGSEGV) on 70,000 levels; and parsing the config without a depth limit.
+  model_file f;
+  std::string text = f.metadata["config"];  // "architecture" is read first
+  const std::string key = R"("architecture":"encoder-decoder")";
+  ASSERT_NE(text.find(key), std::string::npos);
+  f.metadata["config"] = text.replace(text.find(key), key.size(), R"("architecture":)" + nested_arrays(70'000));
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(f.write("deep")), ef::config_error,
+                                "deep.safetensors: config: JSON nests arrays and objects more than 64 levels deep");
+  f.metadata["config"] = nested_arrays(70'000);
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(f.write("deep")), ef::config_error, "more than 64 levels deep");
+  // Under the limit, the value is described, not dumped.
+  f = {};
+  f.set_config("d_model", nlohmann::json::parse(nested_arrays(40)));
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(f.write("nested")), ef::config_error,
+                                "config.d_model: expected an integer, got an array of 1 element(s)");
+}
+
+TEST(LoaderHostile, ConfigMessagesQuoteShortExcerpts) {
+  // Catches: quoting a hostile config's text whole (a multi-megabyte, multi-line error message).
+  const std::string long_text(5'000'000, 'x');
+  model_file f;
+  f.metadata["config"] = "{\"d_model\": \"" + long_text;  // unterminated string
+  const std::string values[] = {long_text, long_text + "\n"};
+  for (int i = 0; i < 3; ++i) {
+    if (i > 0) {
+      f = {};
+      f.set_config("activation", values[i - 1]);
+    }
+    try {
+      (void)ef::load_model<float>(f.write("long"));
+      ADD_FAILURE() << "accepted";
+    } catch (const ef::config_error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("long.safetensors: config"), std::string::npos) << what.substr(0, 300);
+      EXPECT_LT(what.size(), 500u) << what.substr(0, 300);
+      EXPECT_NE(what.find("xxx..."), std::string::npos) << what.substr(0, 300);
+      EXPECT_EQ(what.find('\n'), std::string::npos) << what.substr(0, 300);
+    }
+  }
+}
+
+TEST(LoaderHostile, NonFiniteWeightsAreRefused) {
+  // Catches: loading NaN or infinite weights without a check; the model then computes NaN logits and
+  // greedy decoding prints token 0 forever, with no error.
+  const std::string name = "transformer.encoder.layers.0.linear1.weight";
+  model_file f;
+  f.tensors[name](17) = std::numeric_limits<float>::quiet_NaN();
+  const auto nan_path = f.write("nan");
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(nan_path), ef::format_error,
+                                "nan.safetensors: tensor '" + name + "': NaN at element 17");
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<double>(nan_path), ef::format_error, "': NaN at element 17");
+  for (auto storage : {ef::io::dtype::f16, ef::io::dtype::bf16, ef::io::dtype::f64}) {
+    EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(f.write("nan", storage)), ef::format_error, "NaN at element 17");
+  }
+  f = {};
+  f.tensors["generator.bias"](18) = std::numeric_limits<float>::infinity();
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<double>(f.write("inf")), ef::format_error,
+                                "inf.safetensors: tensor 'generator.bias': +Inf at element 18");
+  f = {};
+  f.tensors["transformer.decoder.norm.bias"](0) = -std::numeric_limits<float>::infinity();
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(f.write("inf")), ef::format_error,
+                                "tensor 'transformer.decoder.norm.bias': -Inf at element 0");
+  // Stored as F16, 70000 overflows to +Inf (the writer rounds it so): refused as well.
+  f = {};
+  f.tensors["generator.bias"](3) = 70000.0f;
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(f.write("f16", ef::io::dtype::f16)), ef::format_error,
+                                "tensor 'generator.bias': +Inf at element 3");
+  EXPECT_NO_THROW((void)ef::load_model<float>(f.write("f32")));
+}
+
+TEST(LoaderHostile, TruncatedOrOddFilesNameTheFile) {
+  // Catches: a truncated file read through a memory map (SIGBUS) or reported without its name.
+  model_file f;
+  const auto path = f.write("cut");
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(path), ef::format_error, path + ": ");
+  // Catches: open() before the file type check, blocking forever on a FIFO.
+  const auto fifo = std::filesystem::path(path).replace_filename("fifo.safetensors");
+  EXPECT_EQ(message_for_fifo(fifo, [&] { (void)ef::load_model<float>(fifo); }), fifo.string() + ": not a regular file");
+  // Catches: passing "" to open(), which reports ": cannot open: No such file or directory".
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(""), ef::error, "empty path");
 }

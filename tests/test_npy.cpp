@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "support/hostile_files.hpp"
 #include "test_util.hpp"
 
 namespace ef = eigenformer;
@@ -358,3 +359,39 @@ TEST(NpyWriter, WholeOrNotAtAll) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Hostile files. Each test names the wrong implementation it catches.
+
+TEST(NpyHostile, FifoEmptyPathAndUnindexableShape) {
+  const fs::path dir = test_dir("npy");
+  // Catches: open() before the file type check, which blocks forever on a FIFO.
+  const fs::path fifo = dir / "fifo.npy";
+  EXPECT_EQ(message_for_fifo(fifo, [&] { (void)ef::io::read_npy<float>(fifo); }), fifo.string() + ": not a regular file");
+  EXPECT_EQ(message_for_fifo(fifo, [&] { (void)ef::io::read_npy_ints(fifo); }), fifo.string() + ": not a regular file");
+  // Catches: passing "" to open(), which reports ": cannot open: No such file or directory".
+  EIGENFORMER_EXPECT_THROW_WITH(ef::io::read_npy<float>(""), ef::error, "empty path");
+  EIGENFORMER_EXPECT_THROW_WITH((void)ef::io::read_npy_header(""), ef::error, "empty path");
+  // Catches: a zero-element shape whose other extents overflow the tensor's element count, reported
+  // as a bare "tensor shape [...]: element count overflows" without the file.
+  expect_rejected(npy_bytes(dict("<f4", "(4294967296, 4294967295, 0)"), ""),
+                  "tensor shape [4294967296, 4294967295, 0]: element count overflows");
+}
+
+TEST(NpyHostile, MessagesAreShortAndOnOneLine) {
+  // Catches: quoting a hostile header's strings whole, or with its newline (messages are one line).
+  const fs::path dir = test_dir("npy");
+  for (const std::string& header : {dict(std::string(20'000, 'f'), "(1,)"), "{'" + std::string(20'000, 'k') + "': 1}",
+                                    std::string("{'descr':\n\n")}) {
+    const fs::path path = dir / "long.npy";
+    write_file(path, npy_bytes(header, ""));
+    try {
+      (void)ef::io::read_npy<float>(path);
+      ADD_FAILURE() << "accepted";
+    } catch (const ef::format_error& e) {
+      const std::string what = e.what();
+      EXPECT_LT(what.size(), 500u) << what.substr(0, 300);
+      EXPECT_EQ(what.find('\n'), std::string::npos) << "not one line: " << what.substr(0, 300);
+    }
+  }
+}

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "support/hostile_files.hpp"
 #include "test_util.hpp"
 
 namespace ef = eigenformer;
@@ -697,3 +698,110 @@ TEST(SafetensorsWriter, ReplacesAnExistingFile) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Hostile files: inputs built to crash, hang or flood the reader. Each test names the wrong
+// implementation it catches.
+
+TEST(SafetensorsHostile, DeeplyNestedJsonIsRejectedNotACrash) {
+  // Catches: building the error message with nlohmann's recursive dump() of unbounded input, which
+  // overflows the stack (SIGSEGV) at 70,000 levels; and any nesting limit above what a stack survives.
+  const std::string deep = nested_arrays(70'000);
+  expect_rejected(safetensors_bytes(R"({"w":{"dtype":"F32","shape":)" + deep + R"(,"data_offsets":[0,4]}})",
+                                    le_bytes<float>({1})),
+                  "header nests arrays and objects more than 64 levels deep");
+  expect_rejected(safetensors_bytes(R"({"__metadata__":{"k":)" + deep + "}}", ""), "more than 64 levels deep");
+  expect_rejected(safetensors_bytes(deep, ""), "more than 64 levels deep");
+  // Whether 70,000 levels overflow the stack depends on the build's frame sizes; a million overflow 8 MiB.
+  expect_rejected(safetensors_bytes(R"({"w":{"dtype":"F32","shape":)" + nested_arrays(1'000'000) +
+                                        R"(,"data_offsets":[0,4]}})",
+                                    le_bytes<float>({1})),
+                  "more than 64 levels deep");
+  // At the limit the header still parses, and the culprit is quoted briefly.
+  expect_rejected(safetensors_bytes(R"({"w":{"dtype":"F32","shape":)" + nested_arrays(62) + R"(,"data_offsets":[0,4]}})",
+                                    le_bytes<float>({1})),
+                  "tensor 'w': shape[0] is [[[[");
+}
+
+TEST(SafetensorsHostile, FileShrinkingAfterValidationIsAnErrorNotASignal) {
+  // Catches: reading tensor bytes from a memory map, where touching a page past the new end of a
+  // file truncated after open raises SIGBUS and kills the process.
+  const fs::path path = test_dir("safetensors") / "shrinks.safetensors";
+  ef::tensor<float> big({64, 1024});  // 256 KiB: many pages past the cut
+  for (index_t i = 0; i < big.size(); ++i) big(i) = static_cast<float>(i);
+  for (const dtype storage : {dtype::f32, dtype::f16}) {  // copied as is, and decoded in chunks
+    ef::io::write_safetensors<float>(path, {{"w", big}}, {}, storage);
+    const ef::io::safetensors_file file(path);  // validated against the full size
+    std::filesystem::resize_file(path, 4096);   // another process truncates it
+    EIGENFORMER_EXPECT_THROW_WITH((void)file.read<float>("w"), ef::error, path.string() + ": file ends at byte 4096");
+    EIGENFORMER_EXPECT_THROW_WITH((void)file.raw("w"), ef::error, path.string() + ": file ends at byte");
+    std::filesystem::resize_file(path, 0);
+    EIGENFORMER_EXPECT_THROW_WITH((void)file.read<double>("w"), ef::error, path.string() + ": file ends at byte");
+  }
+  // Truncated before it is opened: a format error naming the file.
+  ef::io::write_safetensors<float>(path, {{"w", big}});
+  std::filesystem::resize_file(path, 4096);
+  EIGENFORMER_EXPECT_THROW_WITH(ef::io::safetensors_file{path}, ef::format_error,
+                                path.string() + ": tensor 'w': data_offsets [0, 262144] run past the end");
+}
+
+TEST(SafetensorsHostile, FifoIsRefusedNotBlockedOn) {
+  // Catches: opening the path (blocking until a writer appears) before checking it is a regular file.
+  const fs::path fifo = test_dir("safetensors") / "model.safetensors";
+  const std::string what = message_for_fifo(fifo, [&] { ef::io::safetensors_file file(fifo); });
+  EXPECT_EQ(what, fifo.string() + ": not a regular file");
+}
+
+TEST(SafetensorsHostile, ErrorMessagesAreShortAndNameTheCulprit) {
+  // Catches: quoting nlohmann's whole "last read" token, a 5 MB single line for an unterminated string.
+  const fs::path dir = test_dir("safetensors");
+  const std::string long_text(5'000'000, 'a');
+  for (const std::string& header : {"{\"" + long_text, R"({"w":{"dtype":")" + long_text + R"(","shape":[1],"data_offsets":[0,4]}})",
+                                    "{\"" + long_text + "\":3}", "{\"" + long_text + "\n\":3}"}) {
+    write_file(dir / "long.safetensors", safetensors_bytes(header, ""));
+    try {
+      ef::io::safetensors_file file(dir / "long.safetensors");
+      ADD_FAILURE() << "accepted";
+    } catch (const ef::format_error& e) {
+      const std::string what = e.what();
+      EXPECT_EQ(what.rfind((dir / "long.safetensors").string() + ": ", 0), 0u) << what.substr(0, 200);
+      EXPECT_LT(what.size(), 500u) << what.substr(0, 200);
+      EXPECT_NE(what.find("aaaa..."), std::string::npos) << what.substr(0, 200);
+      EXPECT_EQ(what.find('\n'), std::string::npos) << "not one line: " << what.substr(0, 200);
+    }
+  }
+
+  // Catches: a shape the file accepts (no elements) whose extents overflow the tensor's element count,
+  // reported as a bare "tensor shape [...]: element count overflows" naming neither file nor tensor.
+  const fs::path zero = dir / "zero.safetensors";
+  write_file(zero, safetensors_bytes("{" + entry("z", "[4294967296,4294967295,0]", 0, 0) + "}", ""));
+  const ef::io::safetensors_file file(zero);
+  EIGENFORMER_EXPECT_THROW_WITH((void)file.read<float>("z"), ef::format_error,
+                                zero.string() + ": tensor 'z': tensor shape [4294967296, 4294967295, 0]: element count overflows");
+
+  // Catches: passing "" to open(), which reports ": cannot open: No such file or directory".
+  EIGENFORMER_EXPECT_THROW_WITH(ef::io::safetensors_file{""}, ef::error, "empty path");
+  try {
+    ef::io::safetensors_file f{""};
+  } catch (const ef::error& e) {
+    EXPECT_EQ(std::string(e.what()).find(": cannot open"), std::string::npos) << e.what();
+  }
+}
+
+TEST(SafetensorsHostile, NumelOfAnAcceptedShapeIsDefined) {
+  // Catches: multiplying the extents in index_t without a check: [2^32, 2^32 - 1, 0] overflows
+  // (signed overflow, undefined: UBSan in the EIGENFORMER_SANITIZE build) before the 0 is reached,
+  // and [2^32, 2^32] wraps to 0.
+  ef::io::tensor_info t;
+  t.shape = {index_t{1} << 32, (index_t{1} << 32) - 1, 0};
+  EXPECT_EQ(t.numel(), 0);
+  t.shape = {index_t{1} << 32, index_t{1} << 32};
+  EXPECT_EQ(t.numel(), std::numeric_limits<index_t>::max());
+  t.shape = {3, 0, -1};
+  EXPECT_EQ(t.numel(), 0);
+  t.shape = {};
+  EXPECT_EQ(t.numel(), 1);
+  const fs::path path = test_dir("safetensors") / "zero.safetensors";
+  write_file(path, safetensors_bytes("{" + entry("z", "[4294967296,4294967295,0]", 0, 0) + "}", ""));
+  EXPECT_EQ(ef::io::safetensors_file(path).info("z").numel(), 0);
+}

@@ -3,7 +3,8 @@
 //
 // Strict means: a key of the wrong JSON type, an unknown key (a misspelt "norm_frist" would
 // otherwise silently run a different model) or a value out of range is a config_error that names
-// the key: "config.n_heads: 3 does not divide d_model 64".
+// the key: "config.n_heads: 3 does not divide d_model 64". Values are quoted in short excerpts, and
+// JSON text nested deeper than max_json_depth levels is refused before anything walks it.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -15,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "detail/file.hpp"
 #include "error.hpp"
 #include "types.hpp"
 
@@ -87,6 +89,8 @@ struct model_config {
 
   /// Parses and validates the config object. `where` prefixes messages (e.g. the file path).
   static model_config from_json(const nlohmann::json& j, std::string_view where = "config");
+  /// Deepest JSON nesting parse() accepts (a valid config nests 3 levels: config, moe, a layer list).
+  static constexpr int max_json_depth = 64;
   /// Parses the JSON text of the file's `config` metadata entry.
   static model_config parse(std::string_view json_text, std::string_view where = "config");
   /// The config as the file stores it (every key, defaults included).
@@ -126,7 +130,15 @@ class config_reader {
     if (!j_.is_object()) throw config_error(prefix_ + ": expected a JSON object, got " + j_.type_name());
   }
 
-  std::string key(std::string_view k) const { return prefix_ + "." + std::string(k); }
+  std::string key(std::string_view k) const { return prefix_ + "." + text_excerpt(k); }
+
+  /// A value for a message: short, and never walked recursively (from_json may get any JSON value).
+  static std::string excerpt(const nlohmann::json& v) {
+    if (v.is_string()) return "\"" + text_excerpt(v.get_ref<const std::string&>(), 64) + "\"";
+    if (v.is_array()) return "an array of " + std::to_string(v.size()) + " element(s)";
+    if (v.is_object()) return "an object of " + std::to_string(v.size()) + " key(s)";
+    return v.dump();  // a number, true, false or null
+  }
 
   const nlohmann::json* find(std::string_view k) {
     seen_.insert(std::string(k));
@@ -137,26 +149,26 @@ class config_reader {
   index_t integer(std::string_view k, std::optional<index_t> fallback = std::nullopt) {
     const nlohmann::json* v = find(k);
     if (!v) return required(k, fallback);
-    if (!v->is_number_integer()) throw config_error(key(k) + ": expected an integer, got " + v->dump());
+    if (!v->is_number_integer()) throw config_error(key(k) + ": expected an integer, got " + excerpt(*v));
     if (v->is_number_unsigned() && v->get<std::uint64_t>() > static_cast<std::uint64_t>(INT32_MAX)) {
-      throw config_error(key(k) + ": " + v->dump() + " is too large");
+      throw config_error(key(k) + ": " + excerpt(*v) + " is too large");
     }
     const auto x = v->get<std::int64_t>();
-    if (x < INT32_MIN || x > INT32_MAX) throw config_error(key(k) + ": " + v->dump() + " is out of range");
+    if (x < INT32_MIN || x > INT32_MAX) throw config_error(key(k) + ": " + excerpt(*v) + " is out of range");
     return static_cast<index_t>(x);
   }
 
   bool boolean(std::string_view k, bool fallback) {
     const nlohmann::json* v = find(k);
     if (!v) return fallback;
-    if (!v->is_boolean()) throw config_error(key(k) + ": expected true or false, got " + v->dump());
+    if (!v->is_boolean()) throw config_error(key(k) + ": expected true or false, got " + excerpt(*v));
     return v->get<bool>();
   }
 
   double number(std::string_view k, double fallback) {
     const nlohmann::json* v = find(k);
     if (!v) return fallback;
-    if (!v->is_number()) throw config_error(key(k) + ": expected a number, got " + v->dump());
+    if (!v->is_number()) throw config_error(key(k) + ": expected a number, got " + excerpt(*v));
     return v->get<double>();
   }
 
@@ -166,23 +178,23 @@ class config_reader {
       if (!fallback) throw config_error(key(k) + ": missing (required)");
       return *fallback;
     }
-    if (!v->is_string()) throw config_error(key(k) + ": expected a string, got " + v->dump());
+    if (!v->is_string()) throw config_error(key(k) + ": expected a string, got " + excerpt(*v));
     auto s = v->get<std::string>();
     std::string options;
     for (auto a : allowed) {
       if (s == a) return s;
       options += (options.empty() ? "" : ", ") + std::string("'") + std::string(a) + "'";
     }
-    throw config_error(key(k) + ": '" + s + "', expected one of " + options);
+    throw config_error(key(k) + ": '" + text_excerpt(s) + "', expected one of " + options);
   }
 
   std::vector<index_t> integer_list(std::string_view k) {
     const nlohmann::json* v = find(k);
     std::vector<index_t> out;
     if (!v || v->is_null()) return out;
-    if (!v->is_array()) throw config_error(key(k) + ": expected an array of integers, got " + v->dump());
+    if (!v->is_array()) throw config_error(key(k) + ": expected an array of integers, got " + excerpt(*v));
     for (const auto& e : *v) {
-      if (!e.is_number_integer()) throw config_error(key(k) + ": expected integers, got " + e.dump());
+      if (!e.is_number_integer()) throw config_error(key(k) + ": expected integers, got " + excerpt(e));
       out.push_back(static_cast<index_t>(e.get<std::int64_t>()));
     }
     return out;
@@ -222,7 +234,7 @@ inline void check_id(const std::string& where, std::string_view k, token_id id, 
 inline void model_config::validate() const {
   const std::string w = "config";
   if (architecture != "encoder-decoder") {
-    throw config_error(w + ".architecture: '" + architecture + "', expected 'encoder-decoder'");
+    throw config_error(w + ".architecture: '" + detail::text_excerpt(architecture) + "', expected 'encoder-decoder'");
   }
   detail::check_positive(w, "d_model", d_model);
   detail::check_positive(w, "n_heads", n_heads);
@@ -253,7 +265,7 @@ inline void model_config::validate() const {
   }
   detail::check_id(w, "bos_id", bos_id, tgt_vocab_size);
   detail::check_id(w, "eos_id", eos_id, tgt_vocab_size);
-  if (pad_id < 0) throw config_error(w + ".pad_id: " + std::to_string(pad_id) + ", expected >= 0");
+  detail::check_id(w, "pad_id", pad_id, tgt_vocab_size);
   if (moe) {
     detail::check_positive(w, "moe.n_experts", moe->n_experts);
     if (moe->top_k < 1 || moe->top_k > moe->n_experts) {
@@ -332,10 +344,20 @@ inline model_config model_config::from_json(const nlohmann::json& j, std::string
 
 inline model_config model_config::parse(std::string_view json_text, std::string_view where) {
   nlohmann::json j;
+  // The parser is iterative, but what later walks the value (dump() in a message, a copy) may recurse
+  // once per level: 70,000 levels of [[[... would overflow the stack. Stop the parse at the limit.
+  auto limit_depth = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json&) {
+    using event_t = nlohmann::json::parse_event_t;
+    if ((event == event_t::object_start || event == event_t::array_start) && depth >= max_json_depth) {
+      throw config_error(std::string(where) + ": JSON nests arrays and objects more than " +
+                         std::to_string(max_json_depth) + " levels deep");
+    }
+    return true;
+  };
   try {
-    j = nlohmann::json::parse(json_text);
+    j = nlohmann::json::parse(json_text, limit_depth);
   } catch (const nlohmann::json::exception& e) {
-    throw config_error(std::string(where) + ": not valid JSON (" + e.what() + ")");
+    throw config_error(std::string(where) + ": not valid JSON (" + detail::json_error_excerpt(e.what()) + ")");
   }
   return from_json(j, where);
 }

@@ -6,7 +6,13 @@
 // tensor and the file, so a model can never run on a partially matching checkpoint.
 #pragma once
 
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
 #include <map>
+#include <span>
+#include <type_traits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +21,42 @@
 #include "tensor.hpp"
 
 namespace eigenformer {
+
+namespace detail {
+
+/// The index of the first NaN or infinity in `values`, or -1 if all are finite. One pass over the bits
+/// (so -ffast-math cannot fold it away), branch-free within blocks so that it vectorizes.
+template <class Scalar>
+std::ptrdiff_t first_non_finite(std::span<const Scalar> values) noexcept {
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>);
+  using bits_t = std::conditional_t<std::is_same_v<Scalar, float>, std::uint32_t, std::uint64_t>;
+  constexpr bits_t exponent = static_cast<bits_t>(std::is_same_v<Scalar, float> ? 0x7F800000u : 0x7FF0000000000000u);
+  constexpr std::size_t block = 4096;
+  const Scalar* p = values.data();
+  for (std::size_t first = 0; first < values.size(); first += block) {
+    const std::size_t n = std::min(block, values.size() - first);
+    bits_t any = 0;
+    for (std::size_t i = 0; i < n; ++i) any |= static_cast<bits_t>((std::bit_cast<bits_t>(p[first + i]) & exponent) == exponent);
+    if (!any) continue;
+    for (std::size_t i = 0; i < n; ++i) {
+      if ((std::bit_cast<bits_t>(p[first + i]) & exponent) == exponent) return static_cast<std::ptrdiff_t>(first + i);
+    }
+  }
+  return -1;
+}
+
+/// "NaN", "+Inf" or "-Inf" for a non-finite value (by its bits, as first_non_finite).
+template <class Scalar>
+const char* non_finite_name(Scalar v) noexcept {
+  using bits_t = std::conditional_t<std::is_same_v<Scalar, float>, std::uint32_t, std::uint64_t>;
+  constexpr bits_t magnitude = static_cast<bits_t>(std::is_same_v<Scalar, float> ? 0x7FFFFFFFu : 0x7FFFFFFFFFFFFFFFu);
+  constexpr bits_t infinity = static_cast<bits_t>(std::is_same_v<Scalar, float> ? 0x7F800000u : 0x7FF0000000000000u);
+  const auto b = std::bit_cast<bits_t>(v);
+  if ((b & magnitude) != infinity) return "NaN";
+  return b == infinity ? "+Inf" : "-Inf";
+}
+
+}  // namespace detail
 
 template <class Scalar>
 class weight_map {

@@ -1,19 +1,25 @@
 // eigenformer/detail/file.hpp: the two file primitives the io/ readers and writers share.
 //
-// mapped_file: a whole file mapped read-only (POSIX mmap). Why: model weights are read once, in place,
-// without a second copy in a read buffer, and a reader touches only the pages it uses.
-// Caveat of every mmap: if another process truncates the file while it is mapped, touching a page
-// past the new end raises SIGBUS. Files are validated against the size seen at open time.
+// input_file: a regular file opened read-only, read with pread() into buffers the caller owns.
+// Why not mmap: every reader copies what it reads anyway (tensors are converted or copied into
+// aligned storage), and with a map a file truncated by another process while it is read kills the
+// reader with SIGBUS. With pread a file that shrinks after it was validated is an error naming the
+// file. Why O_NONBLOCK at open: opening a FIFO for reading blocks until a writer appears; the file
+// type is checked (fstat) before anything is read, and anything but a regular file is refused.
 //
 // atomic_file_writer: writes a file whole or not at all. Bytes go to a fresh temporary file in the
 // target's directory (same file system, so the final std::filesystem::rename is atomic on POSIX);
 // the target appears only on commit(), and a writer destroyed before commit() removes its temporary.
 // A reader therefore never sees a half-written model or array, even if the writer throws or dies.
 // No fsync: durability across a power loss is not promised, only all-or-nothing visibility.
+//
+// text_excerpt, json_error_excerpt: how error messages quote a file's contents: briefly and on one line,
+// whatever the file holds (a 5 MB unterminated string must not become a 5 MB message).
 #pragma once
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <span>
@@ -24,7 +30,6 @@
 #include <vector>
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,70 +37,129 @@
 
 namespace eigenformer::detail {
 
+/// At most `max` bytes of `text` for an error message, on one line: control characters as \xNN, and
+/// "..." after a cut (made at a UTF-8 character boundary).
+inline std::string text_excerpt(std::string_view text, std::size_t max = 64) {
+  std::string out;
+  std::size_t i = 0;
+  for (; i < text.size() && out.size() < max; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7F) {
+      constexpr char hex[] = "0123456789ABCDEF";
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (i == text.size()) return out;
+  while (i < text.size() && !out.empty() && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) {
+    // the cut fell inside a multi-byte character: drop its first bytes too
+    const auto c = static_cast<unsigned char>(out.back());
+    out.pop_back();
+    if ((c & 0xC0) != 0x80) break;
+  }
+  return out + "...";
+}
+
+/// nlohmann's parse error message with its "last read: '...'" excerpt (the whole rest of an unterminated
+/// string, say) cut to 64 bytes, on one line.
+inline std::string json_error_excerpt(std::string_view what) {
+  constexpr std::string_view marker = "last read: '";
+  const auto at = what.find(marker);
+  if (at == std::string_view::npos) return text_excerpt(what, 300);
+  std::string_view read = what.substr(at + marker.size());
+  if (!read.empty() && read.back() == '\'') read.remove_suffix(1);
+  return text_excerpt(what.substr(0, at + marker.size()), 200) + text_excerpt(read, 64) + "'";
+}
+
 /// "<path>: <what>: <strerror(errno)>"
 inline std::string system_message(const std::filesystem::path& path, const char* what, int err) {
   return path.string() + ": " + what + ": " + std::generic_category().message(err);
 }
 
-/// A file mapped read-only in its entirety; movable, not copyable. An empty file maps to an empty span.
-class mapped_file {
+/// A regular file open for reading at any offset; movable, not copyable. Its size is the one seen at open.
+class input_file {
  public:
-  mapped_file() = default;
+  input_file() = default;
 
-  /// Throws eigenformer::error naming `path` if it cannot be opened, is not a regular file, or
-  /// cannot be mapped.
-  explicit mapped_file(const std::filesystem::path& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw error(system_message(path, "cannot open", errno));
+  /// Throws eigenformer::error naming `path` if the path is empty, cannot be opened, or does not name
+  /// a regular file (a directory, FIFO, socket or device: "<path>: not a regular file").
+  explicit input_file(std::filesystem::path path) : path_(std::move(path)) {
+    if (path_.empty()) throw error("empty path, expected the name of a file to read");
+    // O_NONBLOCK: a FIFO would otherwise block this open forever; it has no effect on regular files.
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd_ < 0) throw error(system_message(path_, "cannot open", errno));
     struct stat st {};
-    if (::fstat(fd, &st) != 0) {
+    if (::fstat(fd_, &st) != 0) {
       const int err = errno;
-      ::close(fd);
-      throw error(system_message(path, "cannot stat", err));
+      close_fd();
+      throw error(system_message(path_, "cannot stat", err));
     }
     if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw error(path.string() + ": not a regular file");
+      close_fd();
+      throw error(path_.string() + ": not a regular file");
     }
-    size_ = static_cast<std::size_t>(st.st_size);
-    if (size_ > 0) {  // mmap of length 0 is an error; an empty file simply has no bytes
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (p == MAP_FAILED) {
-        const int err = errno;
-        ::close(fd);
-        throw error(system_message(path, "cannot map", err));
-      }
-      data_ = static_cast<const std::byte*>(p);
-    }
-    ::close(fd);  // the mapping keeps the file alive
+    size_ = static_cast<std::uint64_t>(st.st_size);
   }
 
-  mapped_file(const mapped_file&) = delete;
-  mapped_file& operator=(const mapped_file&) = delete;
-  mapped_file(mapped_file&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
-  mapped_file& operator=(mapped_file&& other) noexcept {
+  input_file(const input_file&) = delete;
+  input_file& operator=(const input_file&) = delete;
+  input_file(input_file&& other) noexcept
+      : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)), size_(std::exchange(other.size_, 0)) {}
+  input_file& operator=(input_file&& other) noexcept {
     if (this != &other) {
-      release();
-      data_ = std::exchange(other.data_, nullptr);
+      close_fd();
+      path_ = std::move(other.path_);
+      fd_ = std::exchange(other.fd_, -1);
       size_ = std::exchange(other.size_, 0);
     }
     return *this;
   }
-  ~mapped_file() { release(); }
+  ~input_file() { close_fd(); }
 
-  std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
-  std::size_t size() const noexcept { return size_; }
+  const std::filesystem::path& path() const noexcept { return path_; }
+  /// The size in bytes when the file was opened (what validation uses).
+  std::uint64_t size() const noexcept { return size_; }
 
- private:
-  void release() noexcept {
-    if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
-    data_ = nullptr;
-    size_ = 0;
+  /// Reads bytes [offset, offset + n) into `dst`. Throws eigenformer::error naming the file if it cannot
+  /// be read or now ends before offset + n (shrunk since it was opened): never a signal.
+  void read_at(std::uint64_t offset, std::byte* dst, std::size_t n) const {
+    const std::uint64_t end = offset + n;  // callers pass ranges validated against size()
+    while (n > 0) {
+      const ::ssize_t got = ::pread(fd_, dst, n, static_cast<::off_t>(offset));
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        throw error(system_message(path_, "cannot read", errno));
+      }
+      if (got == 0) {
+        throw error(path_.string() + ": file ends at byte " + std::to_string(offset) + ", expected " +
+                    std::to_string(end) + " bytes (" + std::to_string(size_) +
+                    " when opened): truncated while being read?");
+      }
+      dst += got;
+      offset += static_cast<std::uint64_t>(got);
+      n -= static_cast<std::size_t>(got);
+    }
   }
 
-  const std::byte* data_ = nullptr;
-  std::size_t size_ = 0;
+  /// The whole file, as long as it was at open (throws like read_at if it shrank since).
+  std::vector<std::byte> read_all() const {
+    std::vector<std::byte> bytes(static_cast<std::size_t>(size_));
+    read_at(0, bytes.data(), bytes.size());
+    return bytes;
+  }
+
+ private:
+  void close_fd() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+  std::filesystem::path path_;
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
 };
 
 /// Writes `target` whole or not at all (see the top of this file). Usage:

@@ -5,12 +5,24 @@
 //
 // Checks, in order, each failure a format_error or config_error starting with the path:
 // `__metadata__.format` is "eigenformer"; `__metadata__.config` parses as a model_config; every
-// tensor is stored as F32, F16, BF16 or F64; the model takes every tensor it needs with its exact
-// shape and no tensor is left over. Tensors are converted to Scalar once, here.
+// tensor is stored as F32, F16, BF16 or F64; no weight is NaN or infinite (after conversion to
+// Scalar: an F64 weight beyond float's range is refused when loading as float); the model takes
+// every tensor it needs with its exact shape and no tensor is left over. Tensors are converted to
+// Scalar once, here.
+//
+// Why refuse non-finite weights: one NaN spreads through every later layer, and greedy decoding then
+// picks token 0 forever with no error. The check looks at the bits of each block of converted values
+// right after the block is read, while it is in cache. Measured on a Transformer-base float32 model
+// (373 MB, in the page cache): at most ~15 ms, within run-to-run noise, of a 120-200 ms load; the
+// same check as a separate pass over the loaded tensors took 45-75 ms.
 #pragma once
 
+#include <cstddef>
 #include <filesystem>
+#include <span>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "../config.hpp"
 #include "../model.hpp"
@@ -28,7 +40,8 @@ inline model_config read_config(const io::safetensors_file& file) {
     throw format_error(where + ": __metadata__ has no 'format' entry, expected \"eigenformer\" (is this an eigenformer model file?)");
   }
   if (format->second != "eigenformer") {
-    throw format_error(where + ": __metadata__ 'format' is \"" + format->second + "\", expected \"eigenformer\"");
+    throw format_error(where + ": __metadata__ 'format' is \"" + detail::text_excerpt(format->second) +
+                       "\", expected \"eigenformer\"");
   }
   const auto config = meta.find("config");
   if (config == meta.end()) throw format_error(where + ": __metadata__ has no 'config' entry");
@@ -41,10 +54,19 @@ weight_map<Scalar> read_weights(const io::safetensors_file& file) {
   weight_map<Scalar> weights(file.path().string());
   for (const auto& info : file.tensors()) {
     if (!io::is_float_dtype(info.type)) {
-      throw format_error(file.path().string() + ": tensor '" + info.name + "': dtype " +
+      throw format_error(file.path().string() + ": tensor '" + detail::text_excerpt(info.name, 128) + "': dtype " +
                          std::string(io::dtype_name(info.type)) + ", expected F32, F16, BF16 or F64");
     }
-    weights.insert(info.name, file.read<Scalar>(info.name));
+    tensor<Scalar> t;
+    file.read_into(info.name, t, [&](std::span<const Scalar> values, std::size_t first) {
+      const std::ptrdiff_t i = detail::first_non_finite(values);
+      if (i < 0) return;
+      const bool narrowed = std::is_same_v<Scalar, float> && info.type == io::dtype::f64;
+      throw format_error(file.path().string() + ": tensor '" + detail::text_excerpt(info.name, 128) + "': " +
+                         detail::non_finite_name(values[static_cast<std::size_t>(i)]) + " at element " +
+                         std::to_string(first + static_cast<std::size_t>(i)) + (narrowed ? " (as float)" : ""));
+    });
+    weights.insert(info.name, std::move(t));
   }
   return weights;
 }

@@ -76,7 +76,7 @@ class npy_header_reader {
 
   [[noreturn]] void fail(const std::string& what) const {
     throw format_error(where_ + "header: " + what + " at offset " + std::to_string(pos_) + " of \"" +
-                       std::string(text_.substr(0, 80)) + (text_.size() > 80 ? "..." : "") + "\"");
+                       text_excerpt(text_, 80) + "\"");
   }
   void skip_space() {
     while (pos_ < text_.size() && std::string_view(" \t\r\n").find(text_[pos_]) != std::string_view::npos) ++pos_;
@@ -196,7 +196,7 @@ inline io::npy_header parse_npy_header(std::span<const std::byte> bytes, const s
   in.expect('{');
   while (!in.consume('}')) {
     const std::string key = in.string_literal();
-    if (!seen.insert(key).second) in.fail("key '" + key + "' appears twice");
+    if (!seen.insert(key).second) in.fail("key '" + text_excerpt(key) + "' appears twice");
     in.expect(':');
     if (key == "descr") {
       if (in.peek() == '[') in.fail("structured dtypes (a list descr) are not supported");
@@ -206,7 +206,7 @@ inline io::npy_header parse_npy_header(std::span<const std::byte> bytes, const s
     } else if (key == "shape") {
       h.shape = in.shape_tuple();
     } else {
-      in.fail("unexpected key '" + key + "', expected only descr, fortran_order and shape");
+      in.fail("unexpected key '" + text_excerpt(key) + "', expected only descr, fortran_order and shape");
     }
     if (!in.consume(',')) {
       in.expect('}');
@@ -220,7 +220,7 @@ inline io::npy_header parse_npy_header(std::span<const std::byte> bytes, const s
 
   // descr: byte order, kind, size ("<f4"). '|' is "not applicable" (1-byte types), '=' native.
   const std::string& d = h.descr;
-  const std::string quoted = "dtype '" + d + "'";
+  const std::string quoted = "dtype '" + text_excerpt(d) + "'";
   std::size_t size = 0;
   bool digits = d.size() >= 3;
   for (std::size_t i = 2; digits && i < d.size(); ++i) {
@@ -300,8 +300,8 @@ namespace eigenformer::io {
 
 /// The validated header of the .npy file at `path` (the data length included).
 inline npy_header read_npy_header(const std::filesystem::path& path) {
-  const detail::mapped_file file(path);
-  return detail::parse_npy_header(file.bytes(), path.string() + ": ");
+  const std::vector<std::byte> bytes = detail::input_file(path).read_all();
+  return detail::parse_npy_header(bytes, path.string() + ": ");
 }
 
 /// A float array ('<f2', '<f4' or '<f8') converted to Scalar. Rank 0 reads as shape [1]. Throws
@@ -311,8 +311,8 @@ template <class Scalar>
 tensor<Scalar> read_npy(const std::filesystem::path& path) {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>);
   const std::string where = path.string() + ": ";
-  const detail::mapped_file file(path);
-  const npy_header h = detail::parse_npy_header(file.bytes(), where);
+  const std::vector<std::byte> bytes = detail::input_file(path).read_all();  // owned: no SIGBUS if it shrinks
+  const npy_header h = detail::parse_npy_header(bytes, where);
   if (h.kind != 'f') {
     throw format_error(where + "dtype '" + h.descr + "', expected a float array ('<f2', '<f4' or '<f8')");
   }
@@ -321,8 +321,16 @@ tensor<Scalar> read_npy(const std::filesystem::path& path) {
                        ", expected 0 to 4 to read it as a tensor");
   }
   tensor<Scalar> out;
-  out.resize(h.shape.empty() ? tensor_shape{1} : tensor_shape(std::span<const index_t>(h.shape)));
-  const std::byte* src = file.bytes().data() + h.data_offset;
+  tensor_shape shape{1};
+  if (!h.shape.empty()) {
+    try {
+      shape = tensor_shape(std::span<const index_t>(h.shape));
+    } catch (const shape_error& e) {  // e.g. (4294967296, 4294967295, 0): 0 elements, but too many to index
+      throw format_error(where + e.what());
+    }
+  }
+  out.resize(shape);
+  const std::byte* src = bytes.data() + h.data_offset;
   auto convert = [&](auto load) {
     for (index_t i = 0; i < h.numel; ++i) {
       out(i) = static_cast<Scalar>(load(src + static_cast<std::size_t>(i) * h.item_size));
@@ -343,11 +351,11 @@ tensor<Scalar> read_npy(const std::filesystem::path& path) {
 inline std::vector<std::int64_t> read_npy_ints(const std::filesystem::path& path,
                                                std::vector<index_t>* shape = nullptr) {
   const std::string where = path.string() + ": ";
-  const detail::mapped_file file(path);
-  const npy_header h = detail::parse_npy_header(file.bytes(), where);
+  const std::vector<std::byte> bytes = detail::input_file(path).read_all();  // owned: no SIGBUS if it shrinks
+  const npy_header h = detail::parse_npy_header(bytes, where);
   if (h.kind == 'f') throw format_error(where + "dtype '" + h.descr + "', expected an integer or bool array");
   std::vector<std::int64_t> out(static_cast<std::size_t>(h.numel));  // validated: the bytes are in the file
-  const std::byte* src = file.bytes().data() + h.data_offset;
+  const std::byte* src = bytes.data() + h.data_offset;
   auto convert = [&]<class Stored>(Stored) {
     for (std::size_t i = 0; i < out.size(); ++i) {
       const auto v = detail::npy_load<Stored>(src + i * sizeof(Stored));

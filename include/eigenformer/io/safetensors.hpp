@@ -15,8 +15,12 @@
 //     starts where the previous one ended, the last ends at the end of the file. Upstream rejects
 //     holes, overlaps and trailing bytes alike (InvalidOffset, MetadataIncompleteBuffer); so do we.
 //   - a key given twice at any level is rejected (ours: JSON parsers silently keep one of the two).
-// The file is memory-mapped (detail/file.hpp) and tensor bytes are copied out with memcpy: data in the
-// map need not be aligned for its dtype.
+//   - JSON nesting deeper than max_json_depth levels is rejected (ours: the header only needs 3, and
+//     deeper input must never reach a recursive routine such as nlohmann's dump()).
+// The file is not mapped but read with pread() (detail/file.hpp): tensor bytes are read into owned
+// buffers at offsets validated against the size seen at open, so a file that another process truncates
+// meanwhile gives an error naming the file, never SIGBUS. Messages quote the file's text only in short
+// excerpts (detail::text_excerpt), so a hostile header cannot make a megabyte-long error message.
 #pragma once
 
 #include <algorithm>
@@ -110,9 +114,17 @@ struct tensor_info {
   std::uint64_t begin = 0;     ///< byte offsets into the data section: [begin, end)
   std::uint64_t end = 0;
 
+  /// The element count: 0 if any extent is 0 (the file accepts [4294967296, 4294967295, 0], whose
+  /// other extents multiply past index_t), else the product, which fits for a validated file; a
+  /// hand-made shape whose product overflows gives numeric_limits<index_t>::max() (never UB).
   index_t numel() const noexcept {
+    for (index_t d : shape) {
+      if (d == 0) return 0;
+    }
     index_t n = 1;
-    for (index_t d : shape) n *= d;  // cannot overflow: validated against the bytes in the file
+    for (index_t d : shape) {
+      if (__builtin_mul_overflow(n, d, &n)) return std::numeric_limits<index_t>::max();
+    }
     return n;
   }
 };
@@ -165,25 +177,30 @@ void encode_floats(io::dtype type, const Scalar* src, std::byte* dst, std::size_
   }
 }
 
-/// A JSON value for an error message, cut short if long.
+/// A JSON value for an error message, cut short if long. The value must come from a parse that limited
+/// its nesting (dump() recurses once per level).
 inline std::string json_excerpt(const nlohmann::json& v) {
-  std::string s = v.dump();
-  return s.size() > 40 ? s.substr(0, 37) + "..." : s;
+  if (v.is_string()) return "\"" + text_excerpt(v.get_ref<const std::string&>(), 37) + "\"";
+  return text_excerpt(v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), 40);
 }
+
 }  // namespace eigenformer::detail
 
 namespace eigenformer::io {
 
-/// A safetensors file, memory-mapped read-only and validated on construction; movable, not copyable.
+/// A safetensors file, open read-only and validated on construction; tensors are read from it on
+/// demand (pread, detail/file.hpp). Movable, not copyable.
 class safetensors_file {
  public:
   /// Largest header accepted, in bytes (upstream's limit).
   static constexpr std::uint64_t max_header_bytes = 100'000'000;
   /// Largest rank accepted in the file (read() takes rank 0 to 4; raw() any).
   static constexpr std::size_t max_rank = 8;
+  /// Deepest JSON nesting accepted in the header (a valid one nests 3 levels: header, entry, shape).
+  static constexpr int max_json_depth = 64;
 
-  /// Maps and validates `path`. Throws eigenformer::error if it cannot be opened or mapped, and
-  /// format_error "<path>: ..." naming the tensor or key if anything in it is malformed.
+  /// Opens and validates `path`. Throws eigenformer::error if it cannot be opened or read or is not a
+  /// regular file, and format_error "<path>: ..." naming the tensor or key if anything in it is malformed.
   explicit safetensors_file(std::filesystem::path path) : path_(std::move(path)), file_(path_) { parse(); }
 
   const std::filesystem::path& path() const noexcept { return path_; }
@@ -205,10 +222,13 @@ class safetensors_file {
     throw format_error(where(name) + "not found");
   }
 
-  /// The stored bytes of tensor `name` (any dtype, any rank), in the map: valid while *this lives.
-  std::span<const std::byte> raw(std::string_view name) const {
+  /// The stored bytes of tensor `name` (any dtype, any rank), read from the file. Throws
+  /// eigenformer::error naming the file if it has shrunk since it was opened.
+  std::vector<std::byte> raw(std::string_view name) const {
     const tensor_info& t = info(name);
-    return file_.bytes().subspan(data_begin_ + t.begin, t.end - t.begin);
+    std::vector<std::byte> bytes(static_cast<std::size_t>(t.end - t.begin));
+    file_.read_at(data_begin_ + t.begin, bytes.data(), bytes.size());
+    return bytes;
   }
 
   /// Tensor `name` converted to Scalar (float or double) from F16, BF16, F32 or F64. Rank 0 in the
@@ -230,6 +250,13 @@ class safetensors_file {
   /// As read(name), into `out` (resized; its storage is reused when large enough).
   template <class Scalar>
   void read_into(std::string_view name, tensor<Scalar>& out) const {
+    read_into(name, out, [](std::span<const Scalar>, std::size_t) {});
+  }
+  /// As read_into(name, out), and calls `visit(values, first)` on each block of converted values
+  /// (out's elements [first, first + values.size()), in order) while it is still in cache: a check of
+  /// every value costs no second pass over memory. What `visit` throws propagates.
+  template <class Scalar, class Visitor>
+  void read_into(std::string_view name, tensor<Scalar>& out, Visitor&& visit) const {
     static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                   "safetensors_file::read converts to float or double");
     const tensor_info& t = info(name);
@@ -238,13 +265,34 @@ class safetensors_file {
                          ", expected F16, BF16, F32 or F64");
     }
     out.resize(shape_of(t));
-    detail::decode_floats(t.type, file_.bytes().data() + data_begin_ + t.begin, out.data(),
-                          static_cast<std::size_t>(out.size()));
+    const auto n = static_cast<std::size_t>(out.size());
+    const std::uint64_t at = data_begin_ + t.begin;
+    const std::size_t element_bytes = dtype_size(t.type);
+    constexpr std::size_t chunk_elements = 32768;  // 128 KiB of float: fits in L2 with its source
+    if ((std::is_same_v<Scalar, float> && t.type == dtype::f32) ||
+        (std::is_same_v<Scalar, double> && t.type == dtype::f64)) {
+      for (std::size_t first = 0; first < n; first += chunk_elements) {  // stored as is: read in place
+        const std::size_t m = std::min(chunk_elements, n - first);
+        file_.read_at(at + first * sizeof(Scalar), reinterpret_cast<std::byte*>(out.data() + first), m * sizeof(Scalar));
+        visit(std::span<const Scalar>(out.data() + first, m), first);
+      }
+      return;
+    }
+    std::vector<std::byte> chunk;
+    for (std::size_t first = 0; first < n; first += chunk_elements) {
+      const std::size_t m = std::min(chunk_elements, n - first);
+      chunk.resize(m * element_bytes);
+      file_.read_at(at + first * element_bytes, chunk.data(), chunk.size());
+      detail::decode_floats(t.type, chunk.data(), out.data() + first, m);
+      visit(std::span<const Scalar>(out.data() + first, m), first);
+    }
   }
 
  private:
   std::string where() const { return path_.string() + ": "; }
-  std::string where(std::string_view tensor) const { return where() + "tensor '" + std::string(tensor) + "': "; }
+  std::string where(std::string_view tensor) const {
+    return where() + "tensor '" + detail::text_excerpt(tensor, 128) + "': ";
+  }
 
   /// The shape a tensor reads as: rank 0 becomes [1]; rank above 4 is a format_error.
   tensor_shape shape_of(const tensor_info& t) const {
@@ -253,29 +301,35 @@ class safetensors_file {
       throw format_error(where(t.name) + "rank " + std::to_string(t.shape.size()) + " " + shape_string(t.shape) +
                          ", expected 0 to 4 to read it as a tensor");
     }
-    return tensor_shape(std::span<const index_t>(t.shape));
+    try {
+      return tensor_shape(std::span<const index_t>(t.shape));
+    } catch (const shape_error& e) {  // [4294967296, 4294967295, 0]: no elements, yet too many to index
+      throw format_error(where(t.name) + e.what());
+    }
   }
 
   void parse() {
-    const std::span<const std::byte> bytes = file_.bytes();
-    if (bytes.size() < 8) {
-      throw format_error(where() + "file is " + std::to_string(bytes.size()) +
+    const std::uint64_t file_bytes = file_.size();
+    if (file_bytes < 8) {
+      throw format_error(where() + "file is " + std::to_string(file_bytes) +
                          " bytes, expected at least 8 (the header length)");
     }
     std::uint64_t header_bytes = 0;
-    std::memcpy(&header_bytes, bytes.data(), 8);
+    file_.read_at(0, reinterpret_cast<std::byte*>(&header_bytes), 8);
     if (header_bytes > max_header_bytes) {
       throw format_error(where() + "header length " + std::to_string(header_bytes) + " exceeds the limit of " +
                          std::to_string(max_header_bytes) + " bytes");
     }
-    if (header_bytes > bytes.size() - 8) {
+    if (header_bytes > file_bytes - 8) {
       throw format_error(where() + "header length " + std::to_string(header_bytes) +
-                         " runs past the end of the file (" + std::to_string(bytes.size()) + " bytes)");
+                         " runs past the end of the file (" + std::to_string(file_bytes) + " bytes)");
     }
-    data_begin_ = 8 + static_cast<std::size_t>(header_bytes);
-    const std::uint64_t data_bytes = bytes.size() - data_begin_;
+    data_begin_ = 8 + header_bytes;
+    const std::uint64_t data_bytes = file_bytes - data_begin_;
 
-    const nlohmann::json header = parse_json(bytes.subspan(8, static_cast<std::size_t>(header_bytes)));
+    std::vector<std::byte> header_text(static_cast<std::size_t>(header_bytes));
+    file_.read_at(8, header_text.data(), header_text.size());
+    const nlohmann::json header = parse_json(header_text);
     if (!header.is_object()) {
       throw format_error(where() + "header is a JSON " + std::string(header.type_name()) + ", expected an object");
     }
@@ -294,13 +348,19 @@ class safetensors_file {
   nlohmann::json parse_json(std::span<const std::byte> text) const {
     std::vector<std::set<std::string>> keys;  // one set per open object
     std::string duplicate;
-    auto callback = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
       using event_t = nlohmann::json::parse_event_t;
+      // depth: of the container being opened, counting from 0 for the outermost one. Stop the parse
+      // here (the parser itself is iterative; what would use the DOM afterwards may not be).
+      if ((event == event_t::object_start || event == event_t::array_start) && depth >= max_json_depth) {
+        throw format_error(where() + "header nests arrays and objects more than " + std::to_string(max_json_depth) +
+                           " levels deep");
+      }
       if (event == event_t::object_start) keys.emplace_back();
       if (event == event_t::object_end && !keys.empty()) keys.pop_back();
       if (event == event_t::key && duplicate.empty() && !keys.empty() &&
           !keys.back().insert(parsed.get<std::string>()).second) {
-        duplicate = parsed.get<std::string>();
+        duplicate = detail::text_excerpt(parsed.get<std::string>());
       }
       return true;
     };
@@ -315,7 +375,7 @@ class safetensors_file {
     try {
       header = nlohmann::json::parse(first, first + text.size(), callback);
     } catch (const nlohmann::json::exception& e) {
-      throw format_error(where() + "header is not valid JSON: " + e.what());
+      throw format_error(where() + "header is not valid JSON: " + detail::json_error_excerpt(e.what()));
     }
     if (!duplicate.empty()) throw format_error(where() + "header: key '" + duplicate + "' appears twice");
     return header;
@@ -329,7 +389,7 @@ class safetensors_file {
     }
     for (const auto& [key, v] : value.items()) {
       if (!v.is_string()) {
-        throw format_error(where() + "__metadata__ '" + key + "': value " + detail::json_excerpt(v) +
+        throw format_error(where() + "__metadata__ '" + detail::text_excerpt(key) + "': value " + detail::json_excerpt(v) +
                            " is not a string");
       }
       metadata_.emplace(key, v.get<std::string>());
@@ -355,7 +415,8 @@ class safetensors_file {
     }
     for (const auto& [key, v] : entry.items()) {
       if (key != "dtype" && key != "shape" && key != "data_offsets") {
-        throw format_error(context + "unexpected key '" + key + "', expected only dtype, shape and data_offsets");
+        throw format_error(context + "unexpected key '" + detail::text_excerpt(key) +
+                           "', expected only dtype, shape and data_offsets");
       }
     }
     for (const char* key : {"dtype", "shape", "data_offsets"}) {
@@ -428,12 +489,12 @@ class safetensors_file {
     const tensor_info* previous = nullptr;
     for (const tensor_info* t : by_offset) {
       if (t->begin < covered) {
-        throw format_error(where(t->name) + "data_offsets " + range(*t) + " overlap tensor '" + previous->name +
+        throw format_error(where(t->name) + "data_offsets " + range(*t) + " overlap tensor '" + detail::text_excerpt(previous->name, 128) +
                            "' " + range(*previous));
       }
       if (t->begin > covered) {
         throw format_error(where() + "bytes [" + std::to_string(covered) + ", " + std::to_string(t->begin) +
-                           ") of the data section belong to no tensor (a hole before tensor '" + t->name + "')");
+                           ") of the data section belong to no tensor (a hole before tensor '" + detail::text_excerpt(t->name, 128) + "')");
       }
       covered = t->end;
       previous = t;
@@ -445,10 +506,10 @@ class safetensors_file {
   }
 
   std::filesystem::path path_;
-  detail::mapped_file file_;
+  detail::input_file file_;
   std::map<std::string, std::string> metadata_;
   std::vector<tensor_info> tensors_;  // sorted by name
-  std::size_t data_begin_ = 0;        // file offset of the data section: 8 + header length
+  std::uint64_t data_begin_ = 0;      // file offset of the data section: 8 + header length
 };
 
 /// A tensor to write, by name. The tensor is referenced, not copied: keep it alive for the call.
