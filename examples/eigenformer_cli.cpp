@@ -9,22 +9,30 @@
 //
 // Token ids go in and out as text (one sequence a line, ids separated by spaces); arrays as
 // float32 .npy. Every error is one line on stderr naming the file, line, tensor or option at
-// fault, with exit status 1 (2 for a command-line mistake). Output files appear whole or not at all.
+// fault, with exit status 1 (2 for a command-line mistake); so is a failed write to standard output
+// (a full disk, a closed pipe: "standard output: write error (...)"). Output files appear whole or
+// not at all; --out writes through a symbolic link to its target and never replaces a read-only file.
 #include <eigenformer/eigenformer.hpp>
 #include <eigenformer/io/npy.hpp>
 
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <unistd.h>
 
 namespace ef = eigenformer;
 namespace efs = eigenformer::sampling;
@@ -60,7 +68,7 @@ const std::map<std::string, std::string> command_help = {
      "  Writes float32 log-probabilities [lines, longest T line, tgt_vocab_size]; positions past a line's end\n"
      "  hold 0. All lines run as one padded batch unless --batch-size splits them (the same numbers, to float\n"
      "  rounding).\n"
-     "  --threads N   threads to use (default: all cores)\n"},
+     "  --threads N   threads to use (default: all cores; never more than the machine's cores)\n"},
     {"generate",
      "usage: eigenformer generate --model M --src-file S [options]\n"
      "  Decodes every line of S from bos_id until eos_id (not printed) or --max-new-tokens, and prints one\n"
@@ -79,7 +87,7 @@ const std::map<std::string, std::string> command_help = {
      "                            generated tokens of sequence n and printed with them (an empty line\n"
      "                            forces nothing)\n"
      "  --batch-size B            lines decoded together (default 32; the output does not depend on it)\n"
-     "  --threads N               threads to use (default: all cores)\n"
+     "  --threads N               threads to use (default: all cores; never more than the machine's cores)\n"
      "  Sampling options apply in the order temperature, top-k, top-p, min-p, then a draw.\n"},
     {"sample",
      "usage: eigenformer sample --logits L.npy --n N [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]\n"
@@ -117,6 +125,7 @@ class options {
         value = argv[++i];
       }
       if (!allowed.count(name)) throw usage_error(command + ": unknown option '--" + name + "'");
+      if (value.empty()) throw usage_error("--" + name + ": empty value");
       if (!values_.emplace(name, value).second) throw usage_error("--" + name + ": given twice");
     }
   }
@@ -149,6 +158,56 @@ class options {
   std::string command_;
   std::map<std::string, std::string> values_;
 };
+
+/// Writes `text` to standard output; throws "standard output: write error (<reason>)" on failure.
+void write_stdout(const std::string& text) {
+  errno = 0;
+  if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size()) {
+    throw ef::error("standard output", std::string("write error (") + std::strerror(errno ? errno : EIO) + ")");
+  }
+}
+
+/// Flushes std::cout and stdout and throws if any write to standard output failed (a full disk:
+/// `> /dev/full`, a closed pipe), so that the tool never exits 0 with its output lost.
+void finish_stdout() {
+  // std::cout (synced with stdio) writes through stdout, and its flush() flushes stdout: the first
+  // flush that fails sets errno, so keep the first one set.
+  errno = 0;
+  std::cout.flush();
+  int err = errno;
+  errno = 0;
+  const bool flushed = std::fflush(stdout) == 0;
+  if (err == 0) err = errno;
+  if (!flushed || std::ferror(stdout) || !std::cout) {
+    throw ef::error("standard output", std::string("write error (") + std::strerror(err ? err : EIO) + ")");
+  }
+}
+
+/// The file --out writes: the target of a symbolic link (followed to its end, dangling or not), so
+/// the link stays a link and its target gets the array, as shells and cp do; the path itself
+/// otherwise. Refuses, before anything is computed, to replace an existing read-only file (no write
+/// permission for anyone, or none for this user): the atomic writer's rename would replace it
+/// silently, as the directory allows it.
+std::filesystem::path out_target(const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path p = path;
+  std::error_code ec;
+  for (int hops = 0; fs::is_symlink(fs::symlink_status(p, ec)); ++hops) {
+    if (hops == 40) throw ef::error("--out", path + ": too many levels of symbolic links");
+    const fs::path link = fs::read_symlink(p, ec);
+    if (ec) throw ef::error("--out", path + ": cannot read the symbolic link: " + ec.message());
+    p = link.is_absolute() ? link : p.parent_path() / link;
+  }
+  const auto st = fs::status(p, ec);
+  if (fs::is_regular_file(st)) {
+    const auto w = fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write;
+    if ((st.permissions() & w) == fs::perms::none || (::access(p.c_str(), W_OK) != 0 && errno == EACCES)) {
+      throw ef::error("--out", (p.string() == path ? path : path + " (" + p.string() + ")") +
+                                   " is read-only, not replaced");
+    }
+  }
+  return p;
+}
 
 /// Token ids of a text file: one sequence a line, ids separated by spaces or tabs.
 /// Errors name the file and line: "src.txt:3: 'x1' is not a token id".
@@ -245,26 +304,30 @@ int run_info(const options& o) {
   auto weights = ef::read_weights<float>(file);
   const ef::model<float> m(config, weights);
   std::map<std::string, index_t> dtypes;
+  std::ostringstream out;  // written at once: a failed write is seen with its reason (errno)
   for (const auto& t : file.tensors()) ++dtypes[std::string(ef::io::dtype_name(t.type))];
-  std::cout << "model: " << path << "\n";
-  std::cout << "config: " << config.to_json().dump(2) << "\n";
-  std::cout << "parameters: " << m.parameter_count() << "\n";
-  std::cout << "tensors: " << file.tensors().size() << " (";
+  out << "model: " << path << "\n";
+  out << "config: " << config.to_json().dump(2) << "\n";
+  out << "parameters: " << m.parameter_count() << "\n";
+  out << "tensors: " << file.tensors().size() << " (";
   bool first = true;
   for (const auto& [name, count] : dtypes) {
-    std::cout << (first ? "" : ", ") << name << ": " << count;
+    out << (first ? "" : ", ") << name << ": " << count;
     first = false;
   }
-  std::cout << ")\n";
+  out << ")\n";
   for (const auto& t : file.tensors()) {
-    std::cout << "  " << t.name << " " << ef::io::dtype_name(t.type) << " " << ef::shape_string(t.shape) << "\n";
+    out << "  " << t.name << " " << ef::io::dtype_name(t.type) << " " << ef::shape_string(t.shape) << "\n";
   }
+  write_stdout(out.str());
+  finish_stdout();
   return 0;
 }
 
 int run_score(const options& o) {
   const std::string model_path = o.required("model"), src_path = o.required("src-file"), tgt_path = o.required("tgt-file"),
                     out_path = o.required("out");
+  const auto out_file = out_target(out_path);  // before any work: a read-only output is refused now
   apply_threads(o);
   const auto src = read_token_file(src_path);
   const auto tgt = read_token_file(tgt_path);
@@ -291,7 +354,7 @@ int run_score(const options& o) {
       for (index_t p = 0; p < Tb; ++p)
         std::copy_n(&lp(b, p, 0), V, &out(first + b, p, 0));
   }
-  ef::io::write_npy(out_path, out);
+  ef::io::write_npy(out_file, out);
   return 0;
 }
 
@@ -359,9 +422,9 @@ int run_generate(const options& o) {
       }
       text += '\n';
     }
-    std::fwrite(text.data(), 1, text.size(), stdout);
+    write_stdout(text);
   }
-  std::fflush(stdout);
+  finish_stdout();
   return 0;
 }
 
@@ -395,8 +458,8 @@ int run_sample(const options& o) {
     text += std::to_string(counts[static_cast<std::size_t>(v)]);
   }
   text += '\n';
-  std::fwrite(text.data(), 1, text.size(), stdout);
-  std::fflush(stdout);
+  write_stdout(text);
+  finish_stdout();
   return 0;
 }
 
@@ -408,24 +471,26 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string command = argv[1];
-  if (command == "--help" || command == "-h" || command == "help") {
-    std::cout << usage_text;
-    return 0;
-  }
-  if (command == "--version") {
-    std::cout << "eigenformer " << EIGENFORMER_VERSION_STRING << "\n";
-    return 0;
-  }
+  // Help and version: exit 1 too if they could not be written.
+  const auto print = [](const std::string& who, const std::string& text) {
+    try {
+      write_stdout(text);
+      finish_stdout();
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << who << ": " << e.what() << "\n";
+      return 1;
+    }
+  };
+  if (command == "--help" || command == "-h" || command == "help") return print("eigenformer", usage_text);
+  if (command == "--version") return print("eigenformer", std::string("eigenformer ") + EIGENFORMER_VERSION_STRING + "\n");
   if (!command_options.count(command)) {
     std::cerr << "eigenformer: unknown command '" << command << "' (expected info, score, generate or sample)\n";
     return 2;
   }
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::cout << command_help.at(command);
-      return 0;
-    }
+    if (a == "--help" || a == "-h") return print("eigenformer " + command, command_help.at(command));
   }
   try {
     const options o(command, argc, argv);
@@ -436,6 +501,11 @@ int main(int argc, char** argv) {
   } catch (const usage_error& e) {
     std::cerr << "eigenformer " << command << ": " << e.what() << "\n";
     return 2;
+  } catch (const ef::error& e) {
+    // The library's errors about the whole call (generate: ...) name the command already.
+    std::cerr << "eigenformer " << command << ": " << (e.subject() == command ? std::string(e.detail()) : std::string(e.what()))
+              << "\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "eigenformer " << command << ": " << e.what() << "\n";
     return 1;

@@ -378,3 +378,104 @@ TEST(Cli, OutputIsWholeOrAbsent) {
   for (const auto& e : fs::directory_iterator(fs::path(out).parent_path()))  // no temporary left behind
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
 }
+
+// ---- A hostile environment ----
+
+namespace {
+/// Runs the tool with standard output on /dev/full (every write fails with ENOSPC), stderr captured.
+run_result run_to_full_disk(const std::string& args) {
+  const auto err = scratch() / "stderr";
+  std::string cmd = "'";  // built with += : GCC 12 warns falsely (-Wrestrict) on "'" + std::string
+  cmd += EIGENFORMER_CLI;
+  cmd += "' " + args + " >/dev/full 2>'" + err.string() + "'";
+  const int raw = std::system(cmd.c_str());
+  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, "", read_file(err)};
+}
+}  // namespace
+
+// A failed write to standard output is an error (exit 1, one line naming it), never exit 0 with
+// the output lost. Catches a tool that ignores what fwrite, fflush and std::cout report (it used
+// to exit 0 on `> /dev/full`), and one that checks fwrite only (the small output sits in stdio's
+// buffer; only the flush fails).
+TEST(Cli, AFullStandardOutputIsAnError) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  const std::string model = fixture(base, "model.safetensors"), src = fixture(base, "src.txt");
+  const std::string logits = tmp_path("logits.npy");
+  ef::io::write_npy(logits, ef::tensor<float>({4}));
+  for (const std::string& args : {"generate --model " + model + " --src-file " + src, "info --model " + model,
+                                 "sample --logits " + logits + " --n 10", std::string("generate --help")}) {
+    SCOPED_TRACE(args);
+    const auto r = run_to_full_disk(args);
+    const std::string command = args.substr(0, args.find(' '));
+    expect_error(r, 1, "eigenformer " + command + ": standard output: write error (No space left on device)");
+  }
+}
+
+// An empty option value is a command-line mistake named as such, whichever form gave it. Catches
+// a tool that passes "" on (to open "" as a model: "cannot open" with no name).
+TEST(Cli, EmptyValuesAreRefused) {
+  const std::string src = fixture(base, "src.txt");
+  expect_error(run("generate --model= --src-file " + src), 2, "--model: empty value");
+  expect_error(run("generate --model '' --src-file " + src), 2, "--model: empty value");
+  expect_error(run("info --model="), 2, "eigenformer info: --model: empty value");
+}
+
+// --beam-size 1000000 asks for a cache of about 100 GB: refused at once (exit 1, one line naming
+// the request, the bytes and the limit), instead of std::bad_alloc after the allocation was tried
+// (or the OOM killer). Catches a tool and library that allocate first.
+TEST(Cli, AnOversizedBeamIsRefusedBeforeAllocating) {
+  const std::string model = fixture(base, "model.safetensors"), src = fixture(base, "src.txt");
+  const auto r = run("generate --model " + model + " --src-file " + src + " --beam-size 1000000");
+  expect_error(r, 1, "eigenformer generate: beam_size 1000000 x 3 sources x 128 steps: the KV cache needs ");
+  EXPECT_NE(r.err.find("over the limit of 17.2 GB; raise generation_options::max_cache_bytes"), std::string::npos) << r.err;
+}
+
+// --threads above the machine's cores is capped (and --help says so): the run works and gives the
+// output of one thread. Catches a help text that does not tell.
+TEST(Cli, ThreadsAreCappedAtTheCores) {
+  const std::string model = " --model " + fixture(base, "model.safetensors") + " --src-file " + fixture(base, "src.txt");
+  const auto many = run("generate" + model + " --max-new-tokens 6 --threads 10000");
+  ASSERT_EQ(many.status, 0) << many.err;
+  EXPECT_EQ(many.out, run("generate" + model + " --max-new-tokens 6 --threads 1").out);
+  for (const std::string cmd : {"generate", "score"})
+    EXPECT_NE(run(cmd + " --help").out.find("never more than the machine's cores"), std::string::npos) << cmd;
+}
+
+// --out through a symbolic link writes the link's target (the link stays a link, as with cp or a
+// shell's >), and an existing read-only --out file is refused before anything is computed, and
+// left as it was. Catches a writer whose rename replaces the link by a regular file (the target
+// keeps its old bytes) and one that replaces a read-only file silently (rename only needs the
+// folder's permission).
+TEST(Cli, OutFollowsLinksAndKeepsReadOnlyFiles) {
+  const std::string model = fixture(base, "model.safetensors"), src = fixture(base, "src.txt");
+  const std::string score = "score --model " + model + " --src-file " + src + " --tgt-file " + fixture(base, "tgt.txt") + " --out ";
+  const auto expected_shape = ef::io::read_npy<double>(fixture_root() / base / "logprobs.npy").shape();
+
+  const fs::path target = tmp_path("target.npy"), link = tmp_path("link.npy");
+  write_file(target.string(), "previous");
+  fs::remove(link);
+  fs::create_symlink("target.npy", link);  // relative: resolved against the link's folder
+  const auto r = run(score + link.string());
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(link)));
+  EXPECT_EQ(fs::read_symlink(link), fs::path("target.npy"));
+  EXPECT_EQ(ef::io::read_npy<float>(target).shape(), expected_shape);
+
+  const fs::path dangling = tmp_path("dangling.npy"), created = tmp_path("created.npy");  // a link to a file to be
+  fs::remove(dangling);
+  fs::remove(created);
+  fs::create_symlink(created, dangling);
+  ASSERT_EQ(run(score + dangling.string()).status, 0);
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(dangling)));
+  EXPECT_EQ(ef::io::read_npy<float>(created).shape(), expected_shape);
+
+  const fs::path locked = tmp_path("locked.npy");
+  fs::remove(locked);
+  write_file(locked.string(), "previous");
+  fs::permissions(locked, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+  expect_error(run(score + locked.string()), 1, "eigenformer score: --out: " + locked.string() + " is read-only, not replaced");
+  EXPECT_EQ(read_file(locked.string()), "previous");
+  EXPECT_EQ(fs::status(locked).permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+  fs::permissions(locked, fs::perms::owner_write, fs::perm_options::add);  // so the next run can clean up
+}

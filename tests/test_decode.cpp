@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "support/counting_allocator.hpp"
@@ -583,5 +585,107 @@ TYPED_TEST(DecodeTest, NoHeapAllocationInsideADecodeStep) {
                       ef::make_view(out.data(), 1, c.tgt_vocab_size));
     }
     EXPECT_EQ(ef::testing::allocations() - before, 0) << "batch " << batch;
+  }
+}
+
+// ---- Memory checked against a limit before anything is allocated ----
+
+// generate() and start_decoding() compute what the cache and the search will take and throw,
+// naming the request and the bytes, when it is over the limit (generation_options::max_cache_bytes,
+// start_decoding's max_bytes). Catches: no check (std::bad_alloc or std::length_error midway, or
+// the OOM killer: beam 10^6 x 3 sources asks for about 100 GB), a size computed in index_t that
+// wraps (beam 2^62 x 3 sources: slots and 2 K^2 candidates wrap, the count passes the limit and
+// the allocations fail), a check made after the cache is allocated (the call takes seconds and
+// the allocation fails first), and a limit fixed in the code (max_cache_bytes ignored).
+TYPED_TEST(DecodeTest, MemoryIsCheckedAgainstALimitBeforeAnyAllocation) {
+  using S = TypeParam;
+  fixture<S> f(decode_config());
+  const auto src = ef::token_batch::from_sequences(sources);
+  auto expect = [&](const ef::generation_options& o, const std::vector<std::string>& needles) {
+    try {
+      ef::generate(f.m, src, o);
+      ADD_FAILURE() << "expected an error, beam_size " << o.beam_size;
+    } catch (const ef::invalid_argument& e) {
+      EXPECT_EQ(e.subject(), "generate");
+      for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what() << "\nexpected: " << n;
+    }
+  };
+  ef::generation_options o;
+  o.beam_size = 1000000;
+  // 2 layers x 3 x 10^6 slots x 64 steps (max_positions) x 2 d_model x sizeof(S), twice for reorder.
+  const std::uint64_t self_kv = 2ull * 2 * 3000000 * 64 * 32 * sizeof(S);
+  const std::uint64_t cache = f.m.cache_bytes(3, src.total(), 5, 1000000, 64);
+  EXPECT_GE(cache, self_kv);
+  EXPECT_LT(cache, self_kv + self_kv / 2);
+  expect(o, {"generate: beam_size 1000000 x 3 sources x 64 steps: the KV cache needs " + ef::detail::bytes_string(cache),
+             ", over the limit of 17.2 GB; raise generation_options::max_cache_bytes"});
+  o.beam_size = ef::index_t{1} << 62;
+  expect(o, {"beam_size 4611686018427387904 x 3 sources", "needs more than 18.4 EB"});
+  // The limit is the caller's: 1 kB refuses a greedy run the default accepts.
+  o = {};
+  o.max_new_tokens = 4;
+  EXPECT_EQ(ef::generate(f.m, src, o).size(), 3u);
+  o.max_cache_bytes = 1000;
+  expect(o, {"beam_size 1 x 3 sources x 4 steps", "over the limit of 1.0 kB"});
+  o.max_cache_bytes = std::numeric_limits<std::uint64_t>::max();
+  o.beam_size = 4;
+  EXPECT_EQ(ef::generate(f.m, src, o).size(), 3u);
+
+  // start_decoding checks too, and leaves the cache as it was.
+  const auto memory = f.m.encode(src);
+  ef::kv_cache<S> cache_state;
+  EIGENFORMER_EXPECT_THROW_WITH(f.m.start_decoding(memory, 1000000, 64, cache_state), ef::invalid_argument,
+                                "start_decoding: 1000000 slots per source x 3 sources x 64 steps: the KV cache needs ");
+  EXPECT_EQ(cache_state.n_slots(), 0);
+  EIGENFORMER_EXPECT_THROW_WITH(f.m.start_decoding(memory, 1, 8, cache_state, 100), ef::invalid_argument,
+                                "over the limit of 100 bytes; raise max_bytes");
+  f.m.start_decoding(memory, 1, 8, cache_state, f.m.cache_bytes(3, src.total(), 5, 1, 8));  // exactly enough
+  EXPECT_EQ(cache_state.n_slots(), 3);
+}
+
+// ---- Non-finite logits ----
+
+// Logits that are NaN or infinite (a model with a NaN weight, or extreme inputs) stop generate()
+// with an error naming the sequence and the step. Catches a search that carries on: top_n skips
+// NaN, so greedy and beam search would emit whatever compares as largest (token 0 when every
+// logit is NaN) and return normally; and a check on the chosen token's log-probability only (the
+// sampler's draw from a row with one NaN may be a finite token).
+TYPED_TEST(DecodeTest, NonFiniteLogitsStopWithAnErrorNamingSequenceAndStep) {
+  using S = TypeParam;
+  const auto c = decode_config();
+  const auto src = ef::token_batch::from_sequences(sources);
+  ef::sampling::sampling_options warm;
+  warm.temperature = 0.8f;
+  const auto chain = ef::sampling::make_chain(warm);
+  auto expect = [&](const ef::model<S>& m, const ef::generation_options& o, const std::string& needle) {
+    try {
+      ef::generate(m, src, o);
+      ADD_FAILURE() << "expected an error: " << needle;
+    } catch (const ef::invalid_argument& e) {
+      EXPECT_EQ(e.subject(), "generate");
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  {  // one NaN generator weight: logit 5 is NaN at every step of every sequence
+    random_weights<S> rw(c, 9);
+    auto w = *rw.map().find("generator.weight");
+    w(5, 3) = std::numeric_limits<S>::quiet_NaN();
+    rw.map().insert("generator.weight", std::move(w));
+    const ef::model<S> m(c, rw.map());
+    ef::generation_options o;
+    expect(m, o, "generate: sequence 0, step 0: the model's logits are not finite (NaN or Inf)");
+    o.beam_size = 3;
+    expect(m, o, "sequence 0, step 0: the model's logits are not finite");
+    o.beam_size = 1;
+    o.sampler = &chain;
+    expect(m, o, "sequence 0, step 0: the model's logits are not finite");
+  }
+  {  // an infinite bias: +Inf logits
+    random_weights<S> rw(c, 9);
+    auto b = *rw.map().find("generator.bias");
+    b(4) = std::numeric_limits<S>::infinity();
+    rw.map().insert("generator.bias", std::move(b));
+    const ef::model<S> m(c, rw.map());
+    expect(m, {}, "sequence 0, step 0: the model's logits are not finite");
   }
 }

@@ -3,7 +3,12 @@
 // double. Equality with PyTorch is test_golden's job.
 #include <eigenformer/model.hpp>
 
+#include <cmath>
+#include <cstring>
+#include <thread>
 #include <vector>
+
+#include <sys/resource.h>
 
 #include "support/decode_check.hpp"
 #include "support/random_model.hpp"
@@ -304,3 +309,130 @@ TEST(ModelPrecision, FloatAgreesWithDoubleAtTransformerBaseWidth) {
   EXPECT_LT(worst, 2e-4);
   RecordProperty("max_abs_diff", std::to_string(worst));
 }
+
+// ---- Positions computed where a token is embedded (no max_positions table) ----
+
+namespace {
+/// The table exactly as model.hpp built it at load before positions were computed on the fly
+/// (frozen here as the reference: same formula, same double arithmetic, same order).
+template <class Scalar>
+std::vector<Scalar> reference_sinusoidal_row(index_t pos, index_t d_model, ef::sinusoidal_variant variant, index_t offset) {
+  std::vector<Scalar> row(static_cast<std::size_t>(d_model), Scalar(0));
+  const index_t h = d_model / 2;
+  const double log_base = std::log(10000.0);
+  const double p = static_cast<double>(pos + offset);
+  for (index_t i = 0; i < (variant == ef::sinusoidal_variant::paper ? (d_model + 1) / 2 : h); ++i) {
+    double angle = 0;
+    switch (variant) {
+      case ef::sinusoidal_variant::paper:
+      case ef::sinusoidal_variant::marian:
+        angle = p / std::pow(10000.0, static_cast<double>(2 * i) / static_cast<double>(d_model));
+        break;
+      case ef::sinusoidal_variant::tensor2tensor:
+        angle = p * std::exp(-static_cast<double>(i) * log_base / static_cast<double>(h - 1));
+        break;
+    }
+    if (variant == ef::sinusoidal_variant::paper) {
+      row[static_cast<std::size_t>(2 * i)] = static_cast<Scalar>(std::sin(angle));
+      if (2 * i + 1 < d_model) row[static_cast<std::size_t>(2 * i + 1)] = static_cast<Scalar>(std::cos(angle));
+    } else {
+      row[static_cast<std::size_t>(i)] = static_cast<Scalar>(std::sin(angle));
+      row[static_cast<std::size_t>(h + i)] = static_cast<Scalar>(std::cos(angle));
+    }
+  }
+  return row;
+}
+}  // namespace
+
+// A row computed on the fly is bit-identical to the table the model used to build, for every
+// variant, even and odd widths, offsets, and positions up to 10^8. Written over garbage, so it
+// also catches a row function that leaves a column unwritten (the 0 of an odd d_model in the
+// marian and tensor2tensor variants); and catches a formula evaluated in another order or
+// precision (float angles, exp(log) for pow, timescales from a running product), a sin/cos swap,
+// halves interleaved, or the offset forgotten: all differ in some bit.
+TYPED_TEST(ModelTest, SinusoidalRowsEqualTheTableBitForBit) {
+  using S = TypeParam;
+  for (const auto variant : {ef::sinusoidal_variant::paper, ef::sinusoidal_variant::marian, ef::sinusoidal_variant::tensor2tensor}) {
+    for (const index_t d : {4, 15, 16, 512}) {
+      for (const index_t offset : {0, 2}) {
+        const ef::sinusoidal_positions<S> rows(d, variant, offset);
+        const auto table = ef::sinusoidal_table<S>(40, d, variant, offset);
+        std::vector<S> got(static_cast<std::size_t>(d));
+        for (const index_t pos : {0, 1, 2, 7, 39, 1000, 65535, 99999999}) {
+          SCOPED_TRACE("variant " + std::to_string(int(variant)) + ", d " + std::to_string(d) + ", offset " +
+                       std::to_string(offset) + ", position " + std::to_string(pos));
+          std::fill(got.begin(), got.end(), S(12345));
+          rows.row(pos, got.data());
+          const auto expected = reference_sinusoidal_row<S>(pos, d, variant, offset);
+          ASSERT_EQ(std::memcmp(got.data(), expected.data(), got.size() * sizeof(S)), 0);
+          if (pos < 40) {
+            ASSERT_EQ(std::memcmp(&table(pos, 0), expected.data(), got.size() * sizeof(S)), 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// max_positions is a limit, not a size: a sinusoidal model whose file says 10^8 (or 2^31 - 1)
+// positions loads in milliseconds and a few kilobytes, and computes what the same weights compute
+// with max_positions 64. Catches a model that builds the [max_positions, d_model] table at load
+// (10^8 x 16 floats: 6.4 GB and tens of seconds; 2^31 - 1: std::bad_alloc), and positions
+// computed from the wrong index on the fly (the scores would differ).
+TYPED_TEST(ModelTest, HugeMaxPositionsCostsNothingAtLoad) {
+  using S = TypeParam;
+  auto c = small_config();
+  c.sinusoidal = ef::sinusoidal_variant::marian;
+  c.position_offset = 1;
+  random_weights<S> small_w(c, 4);
+  const ef::model<S> small(c, small_w.map());
+  for (const index_t n : {index_t{100000000}, index_t{2147483647}}) {
+    c.max_positions = n;
+    random_weights<S> rw(c, 4);
+    rusage before{};
+    getrusage(RUSAGE_SELF, &before);
+    const ef::model<S> m(c, rw.map());
+    rusage after{};
+    getrusage(RUSAGE_SELF, &after);
+    // Memory, not time (timing belongs in benchmarks): a table would be 6.4 GB at 10^8 positions.
+    EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 64 * 1024) << "KB of peak memory grown, max_positions " << n;
+    const auto src = ef::token_batch::from_sequences(sources), tgt = ef::token_batch::from_sequences(targets);
+    const auto a = m.score(src, tgt), b = small.score(src, tgt);
+    ASSERT_EQ(a.shape(), b.shape());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(S)), 0);
+  }
+}
+
+// ---- Thread counts ----
+
+#if defined(_OPENMP)
+// set_num_threads() is process-wide: a count set on one thread holds on another (omp_set_num_threads
+// alone is per calling thread: a second thread would still see OMP_NUM_THREADS or all cores), and
+// counts above the machine's cores are capped (catches --threads 10000 starting 10,000 threads).
+TEST(Threads, CountIsProcessWideAndCapped) {
+  const int cores = ef::hardware_threads();
+  ef::set_num_threads(1);
+  int seen = -1;
+  std::thread([&] { seen = ef::num_threads(); }).join();
+  EXPECT_EQ(seen, 1);
+  std::thread([cores] { ef::set_num_threads(cores); }).join();
+  EXPECT_EQ(ef::num_threads(), cores);  // set on another thread, seen here
+  ef::set_num_threads(10000);
+  EXPECT_EQ(ef::num_threads(), cores);
+  std::thread([&] { seen = ef::num_threads(); }).join();
+  EXPECT_EQ(seen, cores);
+  ef::set_num_threads(1);  // the other way round: this thread sets 1, a pool thread decodes with it
+  int in_region = -1;
+  std::thread([&] {
+#pragma omp parallel num_threads(ef::num_threads())
+    {
+#pragma omp single
+      in_region = omp_get_num_threads();
+    }
+  }).join();
+  EXPECT_EQ(in_region, 1);
+  ef::set_num_threads(0);
+  EXPECT_EQ(ef::num_threads(), cores);
+  EIGENFORMER_EXPECT_THROW_WITH(ef::set_num_threads(-1), ef::invalid_argument, "threads: -1");
+}
+#endif

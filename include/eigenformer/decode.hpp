@@ -35,6 +35,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -77,6 +78,10 @@ struct generation_options {
   std::vector<std::vector<token_id>> prefix;  // forced first target tokens per sequence (empty: none)
   token_callback on_token;           // streaming (see the file comment for when tokens stream)
   moe_runtime moe;                   // mixture-of-experts gate noise and router statistics (default: off)
+  /// The most bytes the KV cache and the search's buffers may take (model::cache_bytes plus the
+  /// hypotheses, logits and beam candidates): generate() checks before it allocates anything and
+  /// throws invalid_argument naming the request and the bytes if they are over. Default 16 GiB.
+  std::uint64_t max_cache_bytes = default_max_cache_bytes;
 };
 
 struct alternative {
@@ -202,6 +207,48 @@ inline void validate(const generation_options& o, const model_config& c, index_t
   }
 }
 
+/// The bytes the search of generate() allocates besides the KV cache (saturating): live and
+/// spare hypotheses, finished ones, the logits of the largest step, beam candidates, alternatives.
+inline std::uint64_t search_bytes(const generation_options& o, const model_config& c, index_t batch, index_t max_steps,
+                                  index_t first_tokens, std::size_t scalar_size) {
+  using detail::sat_add;
+  using detail::sat_mul;
+  using detail::u64;
+  const std::uint64_t K = u64(o.beam_size), slots = sat_mul(u64(batch), K), alts = u64(o.return_alternatives);
+  // One hypothesis row: per step a token, a log-probability and its alternatives; plus its counters.
+  const std::uint64_t row = sat_add(sat_mul(u64(max_steps), sat_add(sizeof(token_id) + sizeof(double), sat_mul(alts, sizeof(alternative)))),
+                                    sizeof(index_t) + sizeof(double) + 1);
+  std::uint64_t total = sat_mul(row, sat_add(sat_mul(slots, 2), sat_mul(slots, 3)));  // live + spare, finished (3 per slot)
+  total = sat_add(total, sat_mul({std::max(slots, u64(first_tokens)), u64(c.tgt_vocab_size), scalar_size}));  // logits
+  total = sat_add(total, sat_mul({2, K, K, sizeof(double) + 2 * sizeof(index_t) + sizeof(double)}));  // a source's candidates
+  total = sat_add(total, sat_mul({slots, sat_add(alts, 1), sizeof(alternative)}));
+  total = sat_add(total, sat_mul(slots, 4 * sizeof(index_t) + 2));  // request, parents, flags
+  return total;
+}
+
+/// Throws invalid_argument, before anything is allocated, if the KV cache and the search's
+/// buffers would take more than o.max_cache_bytes.
+template <class Scalar>
+void check_memory(const model<Scalar>& m, const generation_options& o, const token_batch& src) {
+  const index_t batch = src.size();
+  if (batch == 0) return;
+  const index_t max_steps = std::min(o.max_new_tokens, m.config().max_sequence_length());
+  index_t first_tokens = 0;
+  for (index_t b = 0; b < batch; ++b) {
+    first_tokens += 1 + (o.prefix.empty() ? 0 : std::min(static_cast<index_t>(o.prefix[static_cast<std::size_t>(b)].size()), max_steps - 1));
+  }
+  const std::uint64_t cache = m.cache_bytes(batch, src.total(), src.max_length(), o.beam_size, max_steps);
+  const std::uint64_t search = search_bytes(o, m.config(), batch, max_steps, first_tokens, sizeof(Scalar));
+  const std::uint64_t total = detail::sat_add(cache, search);
+  if (total > o.max_cache_bytes) {
+    throw invalid_argument("generate", "beam_size " + std::to_string(o.beam_size) + " x " + std::to_string(batch) +
+                                           (batch == 1 ? " source x " : " sources x ") + std::to_string(max_steps) +
+                                           " steps: the KV cache needs " + detail::bytes_string(cache) + " and the search " +
+                                           detail::bytes_string(search) + ", over the limit of " +
+                                           detail::bytes_string(o.max_cache_bytes) + "; raise generation_options::max_cache_bytes");
+  }
+}
+
 /// Hypotheses stored flat, one row each, so that a step never allocates: row r holds up to
 /// `width` steps of tokens, log-probabilities and alternatives.
 struct hypothesis_rows {
@@ -284,7 +331,7 @@ class search {
 
   /// Sizes every buffer for the whole generation.
   void prepare(const encoder_output<Scalar>& memory) {
-    m_.start_decoding(memory, K_, max_steps_, cache_);
+    m_.start_decoding(memory, K_, max_steps_, cache_, o_.max_cache_bytes);
     const index_t S = slots(), n_alt = o_.return_alternatives;
     live_.reset(S, max_steps_, n_alt);
     spare_.reset(S, max_steps_, n_alt);
@@ -358,6 +405,11 @@ class search {
           if (stopped) continue;
           auto row = rows.row(r);
           const double lse = log_sum_exp(row);
+          if (!std::isfinite(lse)) {  // NaN or Inf logits: no distribution to choose from
+            throw invalid_argument("generate", "sequence " + std::to_string(b) + ", step " +
+                                                   std::to_string(live_.length[static_cast<std::size_t>(s)]) +
+                                                   ": the model's logits are not finite (NaN or Inf)");
+          }
           apply_stages(row, live_.length[static_cast<std::size_t>(s)]);
           if (o_.return_alternatives > 0) {
             top_n(row, o_.return_alternatives, row_alts_);
@@ -565,6 +617,7 @@ class search {
 template <class Scalar>
 std::vector<generation_result> generate(const model<Scalar>& m, const token_batch& src, const generation_options& o) {
   detail::validate(o, m.config(), src.size());
+  detail::check_memory(m, o, src);
   const auto memory = m.encode(src, o.moe);
   return detail::search<Scalar>(m, o, src.size()).run(memory);
 }

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <utility>
@@ -81,9 +82,19 @@ class model {
   tensor<Scalar> score(const token_batch& src, const token_batch& tgt, const moe_runtime& moe = {}) const;
 
   /// Prepares `cache` to decode `slots_per_source` hypotheses of every source of `memory`, each up
-  /// to `max_steps` tokens: computes the cross-attention keys and values once.
+  /// to `max_steps` tokens: computes the cross-attention keys and values once. First compares the
+  /// bytes the cache and its step scratch will hold (cache_bytes) with `max_bytes` and throws
+  /// invalid_argument, allocating nothing, if they are over it.
   void start_decoding(const encoder_output<Scalar>& memory, index_t slots_per_source, index_t max_steps,
-                      kv_cache<Scalar>& cache) const;
+                      kv_cache<Scalar>& cache, std::uint64_t max_bytes = default_max_cache_bytes) const;
+  /// The bytes a kv_cache started for `n_sources` sources of `source_tokens` tokens in all (the
+  /// longest `longest_source`), `slots_per_source` slots each of `max_steps` steps, holds once
+  /// it has served a step of one token per slot: self-attention keys and values (layers x slots x
+  /// max_steps x 2 d_model, twice when slots_per_source > 1: reorder() double-buffers them),
+  /// cross-attention keys and values (layers x source_tokens x 2 d_model) and the step scratch.
+  /// Saturates at 2^64 - 1 instead of overflowing.
+  std::uint64_t cache_bytes(index_t n_sources, index_t source_tokens, index_t longest_source, index_t slots_per_source,
+                            index_t max_steps) const;
   /// Feeds the request's tokens to its slots and writes, for each token fed, the distribution of
   /// the token that follows it: out [m, tgt_vocab], row r for the r-th token of the request.
   /// Checks everything before it changes anything (slots distinct, in range and with room for
@@ -110,7 +121,8 @@ class model {
 
   model_config config_;
   tensor<Scalar> src_embed_, tgt_embed_;   // [vocab, d_model] (src_embed_ empty when shared)
-  tensor<Scalar> src_pos_, tgt_pos_;       // [max_positions, d_model]: learned, or the sinusoidal table
+  tensor<Scalar> src_pos_, tgt_pos_;       // [max_positions, d_model]: learned (empty when sinusoidal)
+  sinusoidal_positions<Scalar> sinusoid_;  // sinusoidal: rows computed where a token is embedded
   std::vector<encoder_layer<Scalar>> encoder_;
   std::vector<decoder_layer<Scalar>> decoder_;
   std::optional<layer_norm_layer<Scalar>> encoder_norm_, decoder_norm_;
@@ -138,7 +150,8 @@ model<Scalar>::model(const model_config& config, weight_map<Scalar>& w) : config
     tgt_pos_ = w.take("tgt_pos.weight", {c.max_positions, d});
     parameters_ += src_pos_.size() + tgt_pos_.size();
   } else {
-    src_pos_ = sinusoidal_table<Scalar>(c.max_positions, d, c.sinusoidal, c.position_offset);
+    // No table: max_positions is a limit, not a size (a file may say 10^9 at no cost).
+    sinusoid_ = sinusoidal_positions<Scalar>(d, c.sinusoidal, c.position_offset);
   }
   for (index_t i = 0; i < c.n_encoder_layers; ++i) {
     encoder_.push_back(encoder_layer<Scalar>::load(w, "transformer.encoder.layers." + std::to_string(i), c, i));
@@ -189,12 +202,20 @@ template <class Scalar>
 void model<Scalar>::embed(side s, std::span<const token_id> tokens, index_t first_position, Scalar* out) const {
   const index_t d = config_.d_model;
   const tensor<Scalar>& table = (s == side::tgt || config_.share_embeddings) ? tgt_embed_ : src_embed_;
-  const tensor<Scalar>& pos = (s == side::tgt && config_.positional == positional_encoding::learned) ? tgt_pos_ : src_pos_;
-  const index_t pos_base = config_.positional == positional_encoding::learned ? config_.position_offset : 0;
-  for (std::size_t i = 0; i < tokens.size(); ++i) {
-    const index_t p = pos_base + first_position + static_cast<index_t>(i);
-    auto row = make_view(out + static_cast<index_t>(i) * d, 1, d);
-    row = make_view(table.data() + tokens[i] * d, 1, d) * embed_scale_ + make_view(pos.data() + p * d, 1, d);
+  if (config_.positional == positional_encoding::learned) {
+    const tensor<Scalar>& pos = s == side::tgt ? tgt_pos_ : src_pos_;
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      const index_t p = config_.position_offset + first_position + static_cast<index_t>(i);
+      auto row = make_view(out + static_cast<index_t>(i) * d, 1, d);
+      row = make_view(table.data() + tokens[i] * d, 1, d) * embed_scale_ + make_view(pos.data() + p * d, 1, d);
+    }
+    return;
+  }
+  for (std::size_t i = 0; i < tokens.size(); ++i) {  // the position's row first, in place, then the token's
+    Scalar* o = out + static_cast<index_t>(i) * d;
+    sinusoid_.row(first_position + static_cast<index_t>(i), o);
+    auto row = make_view(o, 1, d);
+    row = make_view(table.data() + tokens[i] * d, 1, d) * embed_scale_ + make_view(static_cast<const Scalar*>(o), 1, d);
   }
 }
 
@@ -271,8 +292,31 @@ tensor<Scalar> model<Scalar>::score(const token_batch& src, const token_batch& t
 }
 
 template <class Scalar>
+std::uint64_t model<Scalar>::cache_bytes(index_t n_sources, index_t source_tokens, index_t longest_source,
+                                         index_t slots_per_source, index_t max_steps) const {
+  using detail::sat_add;
+  using detail::sat_mul;
+  using detail::u64;
+  const std::uint64_t L = decoder_.size(), d = u64(config_.d_model), f = u64(config_.d_ff), sz = sizeof(Scalar);
+  const std::uint64_t slots = sat_mul(u64(n_sources), u64(slots_per_source));
+  std::uint64_t self = sat_mul({L, slots, u64(max_steps), 2 * d, sz});
+  if (slots_per_source > 1) self = sat_mul(self, 2);  // reorder()'s second buffer
+  const std::uint64_t cross = sat_mul({L, u64(source_tokens), 2 * d, sz});
+  // Step scratch: x, the layers' workspace for one row per slot (qkv, q, ctx, sub, normed:
+  // 7 d_model; the feed-forward's d_ff, or k of them in a mixture-of-experts layer), the attention
+  // scores of every thread, and the per-slot index vectors.
+  const std::uint64_t ff = config_.moe ? sat_mul(f + 2 * d, u64(config_.moe->gate_kind == gate::softmax ? config_.moe->n_experts
+                                                                                                      : config_.moe->top_k))
+                                        : f;
+  std::uint64_t scratch = sat_mul({slots, 8 * d + ff, sz});
+  scratch = sat_add(scratch, sat_mul({u64(num_threads()), u64(std::max(max_steps, longest_source)), sz}));
+  scratch = sat_add(scratch, sat_mul(slots, 6 * sizeof(index_t) + 1));
+  return sat_add(sat_add(self, cross), scratch);
+}
+
+template <class Scalar>
 void model<Scalar>::start_decoding(const encoder_output<Scalar>& memory, index_t slots_per_source, index_t max_steps,
-                                   kv_cache<Scalar>& cache) const {
+                                   kv_cache<Scalar>& cache, std::uint64_t max_bytes) const {
   if (slots_per_source < 1) {
     throw invalid_argument("start_decoding: slots_per_source", std::to_string(slots_per_source) + ", expected >= 1");
   }
@@ -286,6 +330,15 @@ void model<Scalar>::start_decoding(const encoder_output<Scalar>& memory, index_t
     throw invalid_argument("start_decoding: memory", "not an encoder output of this model (expected [n, " +
                                                          std::to_string(d) + "] rows packed by offsets)");
   }
+  index_t longest_source = 0;
+  for (index_t b = 0; b < batch; ++b) longest_source = std::max(longest_source, memory.length(b));
+  if (const std::uint64_t need = cache_bytes(batch, memory.memory.dim(0), longest_source, slots_per_source, max_steps);
+      need > max_bytes) {
+    throw invalid_argument("start_decoding", std::to_string(slots_per_source) + " slots per source x " + std::to_string(batch) +
+                                                 " sources x " + std::to_string(max_steps) + " steps: the KV cache needs " +
+                                                 detail::bytes_string(need) + ", over the limit of " +
+                                                 detail::bytes_string(max_bytes) + "; raise max_bytes");
+  }
   cache.reset(static_cast<index_t>(decoder_.size()), batch * slots_per_source, max_steps, d);
   for (std::size_t l = 0; l < decoder_.size(); ++l) {
     auto& kv = cache.cross_kv_[l];
@@ -298,8 +351,6 @@ void model<Scalar>::start_decoding(const encoder_output<Scalar>& memory, index_t
   for (index_t s = 0; s < batch * slots_per_source; ++s) cache.slot_source_[static_cast<std::size_t>(s)] = s / slots_per_source;
   // Attention scratch for the usual step: one query row per slot against at most max_steps
   // cached keys or the longest source, per thread. Sized now so that steps never allocate.
-  index_t longest_source = 0;
-  for (index_t b = 0; b < batch; ++b) longest_source = std::max(longest_source, memory.length(b));
   cache.scratch_.ws.scores.resize({std::max<index_t>(1, num_threads() * std::max(max_steps, longest_source))});
 }
 

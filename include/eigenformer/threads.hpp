@@ -14,9 +14,16 @@
 //   eigenformer::set_num_threads(1);   // single-threaded
 //   eigenformer::set_num_threads(0);   // all cores (the default)
 //
-// The count is process-wide because OpenMP's is; OMP_NUM_THREADS sets the default.
+// The count is process-wide: set_num_threads() stores it in one atomic that num_threads() reads,
+// and every parallel section of the library passes num_threads() to its num_threads(...) clause,
+// so a count set on one thread holds for calls made on every other thread (OpenMP's own
+// omp_set_num_threads() is per calling thread). Until it is set, the default is OpenMP's
+// (OMP_NUM_THREADS, else all cores). Counts are capped at the cores the process may use
+// (hardware_threads()): more threads than cores only adds switching.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <string>
 #include <thread>
 
@@ -38,13 +45,23 @@ inline int hardware_threads() {
 #endif
 }
 
-/// Sets the number of threads for every parallel section: n >= 1, or 0 for all cores.
-/// Throws invalid_argument on a negative n. Without OpenMP, everything runs on one thread.
+namespace detail {
+/// The process-wide count of set_num_threads(); 0 until it is called (OpenMP's default then).
+inline std::atomic<int>& thread_count() {
+  static std::atomic<int> count{0};
+  return count;
+}
+}  // namespace detail
+
+/// Sets the number of threads for every parallel section, for the whole process (every calling
+/// thread): n >= 1, or 0 for all cores; n above hardware_threads() is capped at it. Throws
+/// invalid_argument on a negative n. Without OpenMP, everything runs on one thread.
 inline void set_num_threads(int n) {
   if (n < 0) throw invalid_argument("threads: " + std::to_string(n) + ", expected 0 (all cores) or more");
-  if (n == 0) n = hardware_threads();
+  n = n == 0 ? hardware_threads() : std::min(n, hardware_threads());
+  detail::thread_count().store(n, std::memory_order_relaxed);
 #if defined(_OPENMP)
-  omp_set_num_threads(n);
+  omp_set_num_threads(n);  // the calling thread's own count too (Eigen's threading, if enabled, reads it)
 #endif
 }
 
@@ -55,10 +72,12 @@ inline void set_num_threads(int n) {
 /// for its feed-forward and output projections.
 inline constexpr double parallel_work_threshold = 2e6;
 
-/// Threads the library's parallel sections use now.
+/// Threads the library's parallel sections use now, on any calling thread: set_num_threads()'s
+/// count, else OpenMP's default; never more than hardware_threads().
 inline int num_threads() {
 #if defined(_OPENMP)
-  return omp_get_max_threads();
+  const int n = detail::thread_count().load(std::memory_order_relaxed);
+  return n > 0 ? n : std::max(1, std::min(omp_get_max_threads(), hardware_threads()));
 #else
   return 1;
 #endif
