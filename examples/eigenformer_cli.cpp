@@ -183,30 +183,14 @@ void finish_stdout() {
   }
 }
 
-/// The file --out writes: the target of a symbolic link (followed to its end, dangling or not), so
-/// the link stays a link and its target gets the array, as shells and cp do; the path itself
-/// otherwise. Refuses, before anything is computed, to replace an existing read-only file (no write
-/// permission for anyone, or none for this user): the atomic writer's rename would replace it
-/// silently, as the directory allows it.
+/// --out, checked before any work: the library's writer follows symbolic links and refuses to
+/// replace a read-only file (detail::writable_target); asking now fails fast, naming the option.
 std::filesystem::path out_target(const std::string& path) {
-  namespace fs = std::filesystem;
-  fs::path p = path;
-  std::error_code ec;
-  for (int hops = 0; fs::is_symlink(fs::symlink_status(p, ec)); ++hops) {
-    if (hops == 40) throw ef::error("--out", path + ": too many levels of symbolic links");
-    const fs::path link = fs::read_symlink(p, ec);
-    if (ec) throw ef::error("--out", path + ": cannot read the symbolic link: " + ec.message());
-    p = link.is_absolute() ? link : p.parent_path() / link;
+  try {
+    return ef::detail::writable_target(path);
+  } catch (const ef::error& e) {
+    throw ef::error("--out", e.what());
   }
-  const auto st = fs::status(p, ec);
-  if (fs::is_regular_file(st)) {
-    const auto w = fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write;
-    if ((st.permissions() & w) == fs::perms::none || (::access(p.c_str(), W_OK) != 0 && errno == EACCES)) {
-      throw ef::error("--out", (p.string() == path ? path : path + " (" + p.string() + ")") +
-                                   " is read-only, not replaced");
-    }
-  }
-  return p;
 }
 
 /// Token ids of a text file: one sequence a line, ids separated by spaces or tabs.

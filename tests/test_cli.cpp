@@ -473,7 +473,7 @@ TEST(Cli, OutFollowsLinksAndKeepsReadOnlyFiles) {
   fs::remove(locked);
   write_file(locked.string(), "previous");
   fs::permissions(locked, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
-  expect_error(run(score + locked.string()), 1, "eigenformer score: --out: " + locked.string() + " is read-only, not replaced");
+  expect_error(run(score + locked.string()), 1, "eigenformer score: --out: " + locked.string() + ": read-only, not replaced");
   EXPECT_EQ(read_file(locked.string()), "previous");
   EXPECT_EQ(fs::status(locked).permissions() & fs::perms::all,
             fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);

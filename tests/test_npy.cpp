@@ -395,3 +395,44 @@ TEST(NpyHostile, MessagesAreShortAndOnOneLine) {
     }
   }
 }
+
+// Every writer of the library (npy, safetensors) writes through a symbolic link to its target (the
+// link stays a link), refuses to replace a read-only file (left as it was), and gives a replaced
+// file back its permission bits. Catches a writer whose rename replaces the link by a regular file,
+// one that replaces a read-only file silently (a rename needs only the folder's permission), and
+// one whose new file comes back 0666 minus the umask instead of the old 0600.
+TEST(NpyWriter, FollowsLinksKeepsReadOnlyFilesAndModes) {
+  const fs::path dir = test_dir("npy");
+  ef::tensor<float> t({2});
+  t(0) = 1.5f;
+  t(1) = -2.0f;
+  const fs::path target = dir / "target.npy", link = dir / "link.npy";
+  ef::io::write_npy(target, t);
+  fs::create_symlink("target.npy", link);
+  t(0) = 7.0f;
+  ef::io::write_npy(link, t);
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(link)));
+  EXPECT_EQ(ef::io::read_npy<float>(target)(0), 7.0f);
+
+  const fs::path dangling = dir / "dangling.npy";
+  fs::create_symlink(dir / "created.npy", dangling);
+  ef::io::write_npy(dangling, t);
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(dangling)));
+  EXPECT_EQ(ef::io::read_npy<float>(dir / "created.npy")(1), -2.0f);
+
+  const auto private_mode = fs::perms::owner_read | fs::perms::owner_write;
+  fs::permissions(target, private_mode);
+  ef::io::write_npy(target, t);
+  EXPECT_EQ(fs::status(target).permissions() & fs::perms::all, private_mode);
+
+  const auto read_only = fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read;
+  fs::permissions(target, read_only);
+  const auto before = fs::file_size(target);
+  t(0) = 9.0f;
+  EIGENFORMER_EXPECT_THROW_WITH(ef::io::write_npy(link, t), ef::error,
+                                link.string() + " (" + target.string() + "): read-only, not replaced");
+  EXPECT_EQ(ef::io::read_npy<float>(target)(0), 7.0f);
+  EXPECT_EQ(fs::file_size(target), before);
+  EXPECT_EQ(fs::status(target).permissions() & fs::perms::all, read_only);
+  fs::permissions(target, fs::perms::owner_write, fs::perm_options::add);  // so the folder can be cleaned
+}

@@ -165,9 +165,36 @@ class input_file {
 /// Writes `target` whole or not at all (see the top of this file). Usage:
 ///   atomic_file_writer out(path); out.write(bytes); ...; out.commit();
 /// Every failure throws eigenformer::error naming `target`.
+/// The file a write to `path` replaces: the end of its chain of symbolic links (a dangling link
+/// names the file to create), so that the link stays a link and its target gets the bytes, as
+/// shells and cp do; `path` itself otherwise. Throws eigenformer::error naming `path` if that file
+/// exists and is read-only (no write permission for anyone, or none for this user): a rename would
+/// replace it silently, as only the folder's permission counts for a rename.
+inline std::filesystem::path writable_target(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  fs::path p = path;
+  std::error_code ec;
+  for (int hops = 0; fs::is_symlink(fs::symlink_status(p, ec)); ++hops) {
+    if (hops == 40) throw error(path.string() + ": too many levels of symbolic links");
+    const fs::path link = fs::read_symlink(p, ec);
+    if (ec) throw error(path.string() + ": cannot read the symbolic link: " + ec.message());
+    p = link.is_absolute() ? link : p.parent_path() / link;
+  }
+  const auto st = fs::status(p, ec);
+  if (fs::is_regular_file(st)) {
+    const auto w = fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write;
+    if ((st.permissions() & w) == fs::perms::none || (::access(p.c_str(), W_OK) != 0 && errno == EACCES)) {
+      throw error((p == path ? path.string() : path.string() + " (" + p.string() + ")") + ": read-only, not replaced");
+    }
+  }
+  return p;
+}
+
 class atomic_file_writer {
  public:
-  explicit atomic_file_writer(std::filesystem::path target) : target_(std::move(target)) {
+  /// Writes `target`, or the file its symbolic links lead to (writable_target); an existing
+  /// file keeps its permission bits.
+  explicit atomic_file_writer(const std::filesystem::path& target) : target_(writable_target(target)) {
     const std::filesystem::path dir = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
     // O_EXCL makes the name ours even with concurrent writers (threads or processes); mode 0666 is
     // narrowed by the umask like any newly created file.
@@ -181,6 +208,9 @@ class atomic_file_writer {
         throw error(system_message(target_, "cannot create a temporary file to write", errno));
       }
     }
+    // A replaced file keeps its mode (a 0600 file must not come back 0644).
+    struct stat st {};
+    if (::stat(target_.c_str(), &st) == 0 && S_ISREG(st.st_mode)) ::fchmod(fd_, st.st_mode & 07777);
     buffer_.reserve(buffer_capacity);
   }
 
