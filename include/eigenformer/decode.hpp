@@ -338,7 +338,6 @@ class search {
     finished_.reset(batch_ * finished_per_source(), max_steps_, n_alt);
     n_finished_.assign(static_cast<std::size_t>(batch_), 0);
     alive_.assign(static_cast<std::size_t>(S), 0);
-    done_.assign(static_cast<std::size_t>(batch_), 0);
     for (index_t b = 0; b < batch_; ++b) alive_[static_cast<std::size_t>(b * K_)] = 1;  // one live beam to start
     live_sources_ = batch_;
     index_t first_tokens = 0;  // the first step feeds the start token and the forced prefix
@@ -429,16 +428,11 @@ class search {
           }
         }
       }
-      const bool at_limit = [&] {
-        for (index_t k = 0; k < K_; ++k)
-          if (alive_[static_cast<std::size_t>(b * K_ + k)] && live_.length[static_cast<std::size_t>(b * K_ + k)] < max_steps_) return false;
-        return true;
-      }();
-      if (stopped || (!free_row && at_limit) || (free_row && pool_.empty())) {
+      // No free row: the forced prefix (fed whole in the first step) filled max_new_tokens.
+      if (stopped || !free_row || pool_.empty()) {
         finish(b, /*with_live=*/true, results);
         continue;
       }
-      if (!free_row) continue;  // still in the forced prefix (cannot happen: the prefix is fed whole)
       reordered |= select(b, results);
     }
     if (reordered) cache_.reorder(parents_);
@@ -481,17 +475,18 @@ class search {
       return x.token < y.token;
     });
     const index_t first = b * K_;
+    bool stopped = false;  // one beam: the callback asked to stop
     chosen_.clear();
     for (std::size_t rank = 0; rank < pool_.size() && static_cast<index_t>(chosen_.size()) < K_; ++rank) {
       const expansion& e = pool_[rank];
       const index_t parent = first + e.beam;
       if (K_ == 1 && rank == 0) {  // one beam: the token is final now
         const index_t step = live_.length[static_cast<std::size_t>(parent)];
-        if (!emit(b, step, e.token, e.log_prob, is_end(e.token))) stopped_ = true;
+        if (!emit(b, step, e.token, e.log_prob, is_end(e.token))) stopped = true;
       }
       if (is_end(e.token)) {
         if (static_cast<index_t>(rank) < K_) {  // an end token counts only among the K best
-          const index_t f = first * 3 + n_finished_[static_cast<std::size_t>(b)]++;
+          const index_t f = b * finished_per_source() + n_finished_[static_cast<std::size_t>(b)]++;
           finished_.copy(f, live_, parent);
           finished_.push(f, e.token, e.log_prob, alts_of(parent));
           finished_.ended[static_cast<std::size_t>(f)] = 1;
@@ -499,7 +494,7 @@ class search {
         continue;
       }
       chosen_.push_back(e);
-      if (stopped_) break;
+      if (stopped) break;
     }
     // Apply: live hypothesis k of the source continues chosen_[k].
     bool moved = false;
@@ -518,11 +513,9 @@ class search {
     }
     for (index_t k = static_cast<index_t>(chosen_.size()); k < K_; ++k) alive_[static_cast<std::size_t>(first + k)] = 0;
 
-    const bool stop = stopped_;
-    stopped_ = false;
     if (n_finished_[static_cast<std::size_t>(b)] >= K_) {
       finish(b, /*with_live=*/false, results);
-    } else if (chosen_.empty() || stop || live_.length[static_cast<std::size_t>(first)] >= max_steps_) {
+    } else if (chosen_.empty() || stopped || live_.length[static_cast<std::size_t>(first)] >= max_steps_) {
       finish(b, /*with_live=*/true, results);
     }
     return moved;
@@ -540,14 +533,13 @@ class search {
   /// Source b is done: its finished hypotheses (and its live ones, unended, if `with_live`) are
   /// ranked by score and the best num_return_sequences become its result.
   void finish(index_t b, bool with_live, std::vector<generation_result>& results) {
-    const index_t first = b * K_, f0 = first * 3;
+    const index_t first = b * K_, f0 = b * finished_per_source();
     auto& n = n_finished_[static_cast<std::size_t>(b)];
     if (with_live || n == 0) {
       for (index_t k = 0; k < K_ && n < finished_per_source(); ++k)
         if (alive_[static_cast<std::size_t>(first + k)]) finished_.copy(f0 + n++, live_, first + k);
     }
     for (index_t k = 0; k < K_; ++k) alive_[static_cast<std::size_t>(first + k)] = 0;
-    done_[static_cast<std::size_t>(b)] = 1;
     --live_sources_;
 
     const auto score = [&](index_t f) {
@@ -599,9 +591,8 @@ class search {
   hypothesis_rows live_, spare_;          // [batch x K] live hypotheses, and room to reorder them
   hypothesis_rows finished_;              // [batch x 3K] finished hypotheses, source b from row 3 K b
   std::vector<index_t> n_finished_;       // [batch]
-  std::vector<char> alive_, done_;        // [batch x K] live slots; [batch] finished sources
+  std::vector<char> alive_;               // [batch x K] live slots
   index_t live_sources_ = 0;
-  bool stopped_ = false;                  // one beam: the callback asked to stop
   std::vector<index_t> req_slots_, req_counts_, parents_, order_;
   std::vector<token_id> req_tokens_;
   std::vector<expansion> pool_, chosen_;  // one source's proposals; the ones kept
