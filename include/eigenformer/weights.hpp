@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/file.hpp"
 #include "error.hpp"
 #include "tensor.hpp"
 
@@ -104,7 +105,8 @@ class weight_map {
   /// Throws format_error naming the first tensor nobody took ("unexpected tensor").
   void expect_empty() const {
     if (!tensors_.empty()) {
-      throw format_error(source_ + ": unexpected tensor '" + tensors_.begin()->first + "' (" +
+      // The name comes from the file: quoted briefly and on one line, as the readers quote it.
+      throw format_error(source_ + ": unexpected tensor '" + detail::text_excerpt(tensors_.begin()->first, 128) + "' (" +
                          std::to_string(tensors_.size()) + " tensor(s) not used by this configuration)");
     }
   }

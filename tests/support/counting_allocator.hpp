@@ -28,25 +28,26 @@ inline void* counted_allocate(std::size_t n, std::size_t align) noexcept {
 }
 }  // namespace eigenformer::testing
 
-void* operator new(std::size_t n) {
+// Not inlined: g++ 12 would otherwise see malloc's pointer reach operator delete, or new's reach free(),
+// and warn (-Wmismatched-new-delete).
+[[gnu::noinline]] void* operator new(std::size_t n) {
   if (void* p = eigenformer::testing::counted_allocate(n, 0)) return p;
   throw std::bad_alloc();
 }
-void* operator new[](std::size_t n) {
+[[gnu::noinline]] void* operator new[](std::size_t n) {
   if (void* p = eigenformer::testing::counted_allocate(n, 0)) return p;
   throw std::bad_alloc();
 }
-void* operator new(std::size_t n, std::align_val_t a) {
+[[gnu::noinline]] void* operator new(std::size_t n, std::align_val_t a) {
   if (void* p = eigenformer::testing::counted_allocate(n, static_cast<std::size_t>(a))) return p;
   throw std::bad_alloc();
 }
-void* operator new[](std::size_t n, std::align_val_t a) {
+[[gnu::noinline]] void* operator new[](std::size_t n, std::align_val_t a) {
   if (void* p = eigenformer::testing::counted_allocate(n, static_cast<std::size_t>(a))) return p;
   throw std::bad_alloc();
 }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return eigenformer::testing::counted_allocate(n, 0); }
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return eigenformer::testing::counted_allocate(n, 0); }
-// Not inlined: g++ 12 would otherwise see new's pointer reach free() and warn (-Wmismatched-new-delete).
+[[gnu::noinline]] void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return eigenformer::testing::counted_allocate(n, 0); }
+[[gnu::noinline]] void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return eigenformer::testing::counted_allocate(n, 0); }
 [[gnu::noinline]] void operator delete(void* p) noexcept { std::free(p); }
 [[gnu::noinline]] void operator delete[](void* p) noexcept { std::free(p); }
 [[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { std::free(p); }
