@@ -4,13 +4,14 @@
 //   eigenformer score    --model M --src-file S --tgt-file T --out O.npy [--batch-size B] [--threads N]
 //   eigenformer generate --model M --src-file S [--max-new-tokens N] [sampling options] [--beam-size K]
 //                        [--length-penalty A] [--target-prefix-file P] [--batch-size B] [--threads N]
+//                        [--max-cache-bytes SIZE]
 //   eigenformer sample   --logits L.npy --n N [sampling options]
 //   sampling options: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --seed S
 //
 // Token ids go in and out as text (one sequence a line, ids separated by spaces); arrays as
 // float32 .npy. Every error is one line on stderr naming the file, line, tensor or option at
 // fault, with exit status 1 (2 for a command-line mistake); so is a failed write to standard output
-// (a full disk, a closed pipe: "standard output: write error (...)"). Output files appear whole or
+// (a full disk: "standard output: write error (...)"; a closed pipe ends the tool by SIGPIPE). Output files appear whole or
 // not at all; --out writes through a symbolic link to its target and never replaces a read-only file.
 #include <eigenformer/eigenformer.hpp>
 #include <eigenformer/io/npy.hpp>
@@ -22,8 +23,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -34,10 +35,13 @@
 
 #include <unistd.h>
 
+#include "token_file.hpp"
+
 namespace ef = eigenformer;
 namespace efs = eigenformer::sampling;
 using ef::index_t;
 using ef::token_id;
+using eigenformer_cli::read_token_file;  // token_file.hpp: "src.txt:3: 'x1' is not a token id"
 
 namespace {
 
@@ -88,6 +92,8 @@ const std::map<std::string, std::string> command_help = {
      "                            forces nothing)\n"
      "  --batch-size B            lines decoded together (default 32; the output does not depend on it)\n"
      "  --threads N               threads to use (default: all cores; never more than the machine's cores)\n"
+     "  --max-cache-bytes SIZE    the most memory the KV cache and the search of one batch may take, checked\n"
+     "                            before anything is allocated (default 16GiB; units kB MB GB TB KiB MiB GiB TiB)\n"
      "  Sampling options apply in the order temperature, top-k, top-p, min-p, then a draw.\n"},
     {"sample",
      "usage: eigenformer sample --logits L.npy --n N [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]\n"
@@ -102,7 +108,7 @@ const std::map<std::string, std::set<std::string>> command_options = {
     {"score", {"model", "src-file", "tgt-file", "out", "batch-size", "threads"}},
     {"generate",
      {"model", "src-file", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "seed", "beam-size",
-      "length-penalty", "target-prefix-file", "batch-size", "threads"}},
+      "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes"}},
     {"sample",
      {"logits", "n", "temperature", "top-k", "top-p", "min-p", "seed", "length-penalty", "batch-size", "threads"}},
 };
@@ -114,17 +120,17 @@ class options {
     const auto& allowed = command_options.at(command);
     for (int i = 2; i < argc; ++i) {
       std::string arg = argv[i];
-      if (arg.rfind("--", 0) != 0) throw usage_error(command + ": unexpected argument '" + arg + "'");
+      if (arg.rfind("--", 0) != 0) throw usage_error(command + ": unexpected argument '" + ef::detail::text_excerpt(arg) + "'");
       std::string name = arg.substr(2), value;
       if (const auto eq = name.find('='); eq != std::string::npos) {
         value = name.substr(eq + 1);
         name = name.substr(0, eq);
       } else {
-        if (!allowed.count(name)) throw usage_error(command + ": unknown option '--" + name + "'");
+        if (!allowed.count(name)) throw usage_error(command + ": unknown option '--" + ef::detail::text_excerpt(name) + "'");
         if (i + 1 >= argc) throw usage_error("--" + name + ": missing value");
         value = argv[++i];
       }
-      if (!allowed.count(name)) throw usage_error(command + ": unknown option '--" + name + "'");
+      if (!allowed.count(name)) throw usage_error(command + ": unknown option '--" + ef::detail::text_excerpt(name) + "'");
       if (value.empty()) throw usage_error("--" + name + ": empty value");
       if (!values_.emplace(name, value).second) throw usage_error("--" + name + ": given twice");
     }
@@ -146,12 +152,37 @@ class options {
     T value{};
     const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
     if (ec != std::errc() || end != s.data() + s.size() || s.empty()) {
-      throw usage_error("--" + name + ": '" + s + "' is not " + (std::is_integral_v<T> ? "an integer" : "a number"));
+      throw usage_error("--" + name + ": '" + ef::detail::text_excerpt(s) + "' is not " +
+                        (std::is_integral_v<T> ? "an integer" : "a number"));
     }
     if constexpr (std::is_floating_point_v<T>) {
-      if (!std::isfinite(value)) throw usage_error("--" + name + ": '" + s + "' is not a finite number");
+      if (!std::isfinite(value)) throw usage_error("--" + name + ": '" + ef::detail::text_excerpt(s) + "' is not a finite number");
     }
     return value;
+  }
+
+  /// A size in bytes: an integer, optionally followed by a unit, kB MB GB TB (powers of 1000) or
+  /// KiB MiB GiB TiB (powers of 1024): "64GB", "64 GiB", "5000000000".
+  std::optional<std::uint64_t> bytes(const std::string& name) const {
+    const auto it = values_.find(name);
+    if (it == values_.end()) return std::nullopt;
+    const std::string& s = it->second;
+    std::uint64_t count = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), count);
+    std::string_view unit(end, static_cast<std::size_t>(s.data() + s.size() - end));
+    while (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
+    static const std::map<std::string_view, std::uint64_t> units = {
+        {"", 1},           {"B", 1},          {"kB", 1000},      {"MB", 1000'000},    {"GB", 1000'000'000},
+        {"TB", 1000'000'000'000}, {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30}, {"TiB", 1ull << 40}};
+    const auto u = units.find(unit);
+    if (ec != std::errc() || end == s.data() || u == units.end()) {
+      throw usage_error("--" + name + ": '" + ef::detail::text_excerpt(s) +
+                        "' is not a size, expected bytes or a number with kB, MB, GB, TB, KiB, MiB, GiB or TiB");
+    }
+    if (count > std::numeric_limits<std::uint64_t>::max() / u->second) {
+      throw usage_error("--" + name + ": '" + ef::detail::text_excerpt(s) + "' is more than 2^64 bytes");
+    }
+    return count * u->second;
   }
 
  private:
@@ -191,36 +222,6 @@ std::filesystem::path out_target(const std::string& path) {
   } catch (const ef::error& e) {
     throw ef::error("--out", e.what());
   }
-}
-
-/// Token ids of a text file: one sequence a line, ids separated by spaces or tabs.
-/// Errors name the file and line: "src.txt:3: 'x1' is not a token id".
-std::vector<std::vector<token_id>> read_token_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ef::error(path + ": cannot open");
-  std::vector<std::vector<token_id>> lines;
-  std::string line;
-  for (index_t number = 1; std::getline(in, line); ++number) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    std::vector<token_id> ids;
-    std::size_t i = 0;
-    while (i < line.size()) {
-      while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-      if (i == line.size()) break;
-      std::size_t j = i;
-      while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
-      token_id v = 0;
-      const auto [end, ec] = std::from_chars(line.data() + i, line.data() + j, v);
-      if (ec != std::errc() || end != line.data() + j) {
-        throw ef::format_error(path + ":" + std::to_string(number) + ": '" + line.substr(i, j - i) + "' is not a token id");
-      }
-      ids.push_back(v);
-      i = j;
-    }
-    lines.push_back(std::move(ids));
-  }
-  if (in.bad()) throw ef::error(path + ": read error");
-  return lines;
 }
 
 /// Checks every line against a vocabulary and the model's longest sequence, naming file and line.
@@ -283,26 +284,38 @@ std::optional<efs::chain> sampler_chain(const options& o, bool draw_by_default) 
 
 int run_info(const options& o) {
   const std::string path = o.required("model");
-  const ef::io::safetensors_file file(path);
-  const auto config = ef::read_config(file);
-  auto weights = ef::read_weights<float>(file);
-  const ef::model<float> m(config, weights);
+  // The model's files: our one file, or a Hugging Face directory's weight files.
+  std::vector<ef::io::safetensors_file> files;
+  std::string kind = "eigenformer";
+  if (ef::io::is_hf_directory(path)) {
+    const ef::io::hf_directory dir(path);
+    kind = "Hugging Face " + dir.model_type();
+    for (const auto& f : dir.files()) files.emplace_back(f);
+  } else {
+    files.emplace_back(path);
+  }
+  const auto m = ef::load_model<float>(path);
+  const auto& config = m.config();
   std::map<std::string, index_t> dtypes;
+  std::size_t count = 0;
   std::ostringstream out;  // written at once: a failed write is seen with its reason (errno)
-  for (const auto& t : file.tensors()) ++dtypes[std::string(ef::io::dtype_name(t.type))];
-  out << "model: " << path << "\n";
+  for (const auto& file : files) {
+    for (const auto& t : file.tensors()) ++dtypes[std::string(ef::io::dtype_name(t.type))];
+    count += file.tensors().size();
+  }
+  out << "model: " << path << " (" << kind << ")\n";
   out << "config: " << config.to_json().dump(2) << "\n";
   out << "parameters: " << m.parameter_count() << "\n";
-  out << "tensors: " << file.tensors().size() << " (";
+  out << "tensors: " << count << " (";
   bool first = true;
   for (const auto& [name, count] : dtypes) {
     out << (first ? "" : ", ") << name << ": " << count;
     first = false;
   }
   out << ")\n";
-  for (const auto& t : file.tensors()) {
-    out << "  " << t.name << " " << ef::io::dtype_name(t.type) << " " << ef::shape_string(t.shape) << "\n";
-  }
+  for (const auto& file : files)
+    for (const auto& t : file.tensors())
+      out << "  " << t.name << " " << ef::io::dtype_name(t.type) << " " << ef::shape_string(t.shape) << "\n";
   write_stdout(out.str());
   finish_stdout();
   return 0;
@@ -342,6 +355,27 @@ int run_score(const options& o) {
   return 0;
 }
 
+/// Where a batch of lines comes from: the file and the index of its first line (0-based).
+struct line_origin {
+  const std::string& path;
+  index_t first = 0;
+};
+
+/// generate() on one batch of lines, its errors told in the tool's terms: the memory limit names
+/// --max-cache-bytes, non-finite logits name the source file's line.
+std::vector<ef::generation_result> generate_lines(const ef::model<float>& m, const std::vector<std::vector<token_id>>& lines,
+                                                  const ef::generation_options& g, const line_origin& origin) {
+  try {
+    return ef::generate(m, ef::token_batch::from_sequences(lines), g);
+  } catch (const ef::numeric_error& e) {
+    throw ef::error(origin.path + ":" + std::to_string(origin.first + e.sequence() + 1),
+                    "step " + std::to_string(e.step()) + ": the model's logits are not finite (NaN or Inf)");
+  } catch (const ef::invalid_argument& e) {
+    if (e.subject() != "max_cache_bytes") throw;
+    throw ef::error("--max-cache-bytes", e.detail());
+  }
+}
+
 int run_generate(const options& o) {
   const std::string model_path = o.required("model"), src_path = o.required("src-file");
   apply_threads(o);
@@ -359,6 +393,7 @@ int run_generate(const options& o) {
   if (const auto a = o.number<double>("length-penalty")) g.length_penalty = *a;  // finite: number() checks
   if (const auto seed = o.number<std::uint64_t>("seed")) g.seed = *seed;
   if (chain) g.sampler = &*chain;
+  if (const auto limit = o.bytes("max-cache-bytes")) g.max_cache_bytes = *limit;
   const index_t B = batch_size(o, 32);
   const auto src = read_token_file(src_path);
   std::optional<std::string> prefix_path;
@@ -396,7 +431,7 @@ int run_generate(const options& o) {
     const std::vector<std::vector<token_id>> s(src.begin() + first, src.begin() + first + n);
     if (prefix_path) g.prefix.assign(prefixes.begin() + first, prefixes.begin() + first + n);  // this batch's lines
     g.stream_offset = static_cast<std::uint64_t>(first);  // line i always draws from stream (seed, i)
-    const auto results = ef::generate(m, ef::token_batch::from_sequences(s), g);
+    const auto results = generate_lines(m, s, g, {src_path, first});
     text.clear();
     for (const auto& r : results) {
       const auto& tokens = r.best().tokens;
@@ -432,9 +467,14 @@ int run_sample(const options& o) {
   efs::candidates buffer(V);
   auto ctx = efs::sampling_context::for_sequence(o.number<std::uint64_t>("seed").value_or(0), 0);
   std::vector<std::int64_t> counts(static_cast<std::size_t>(V), 0);
-  for (index_t i = 0; i < *n; ++i) {
-    const token_id t = efs::sample(s, logits.values(), buffer, ctx);
-    ++counts[static_cast<std::size_t>(t)];
+  try {
+    for (index_t i = 0; i < *n; ++i) {
+      const token_id t = efs::sample(s, logits.values(), buffer, ctx);
+      ++counts[static_cast<std::size_t>(t)];
+    }
+  } catch (const ef::invalid_argument& e) {
+    if (e.subject() != "logits") throw;
+    throw ef::format_error(logits_path, e.detail());  // "L.npy: NaN at token 1, expected a number"
   }
   std::string text;
   for (index_t v = 0; v < V; ++v) {

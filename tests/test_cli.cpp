@@ -1,5 +1,6 @@
 // The command-line tool (docs/cli.md), driven as a user drives it: exit codes, stdout,
 // the one-line errors on stderr, and output files that appear whole or not at all.
+#include <eigenformer/io/model_loader.hpp>
 #include <eigenformer/io/npy.hpp>
 
 #include <array>
@@ -330,6 +331,12 @@ TEST(Cli, ErrorsNameTheCulpritInOneLine) {
   const std::string logits = tmp_path("logits2d.npy");
   ef::io::write_npy(logits, ef::tensor<float>({2, 3}));
   expect_error(run("sample --logits " + logits + " --n 3"), 1, "logits2d.npy: shape [2, 3], expected [V]");
+  // A NaN logit names the file (not only "logits", the library's name for the argument).
+  const std::string nan_logits = tmp_path("nan_logits.npy");
+  ef::tensor<float> with_nan({3});
+  with_nan(1) = std::numeric_limits<float>::quiet_NaN();
+  ef::io::write_npy(nan_logits, with_nan);
+  expect_error(run("sample --logits " + nan_logits + " --n 3"), 1, "eigenformer sample: " + nan_logits + ": NaN at token 1");
 }
 
 TEST(Cli, OutputIsWholeOrAbsent) {
@@ -426,8 +433,57 @@ TEST(Cli, EmptyValuesAreRefused) {
 TEST(Cli, AnOversizedBeamIsRefusedBeforeAllocating) {
   const std::string model = fixture(base, "model.safetensors"), src = fixture(base, "src.txt");
   const auto r = run("generate --model " + model + " --src-file " + src + " --beam-size 1000000");
-  expect_error(r, 1, "eigenformer generate: beam_size 1000000 x 3 sources x 128 steps: the KV cache needs ");
-  EXPECT_NE(r.err.find("over the limit of 17.2 GB; raise generation_options::max_cache_bytes"), std::string::npos) << r.err;
+  expect_error(r, 1, "eigenformer generate: --max-cache-bytes: beam_size 1000000 x 3 sources x 128 steps: the KV cache needs ");
+  EXPECT_NE(r.err.find("over the limit of 17.2 GB"), std::string::npos) << r.err;
+}
+
+// --max-cache-bytes sets the limit both ways, in bytes or with a unit: 1kB refuses the greedy run the
+// default accepts, 64GiB shows up in the refusal of the huge beam; sizes that are not sizes are
+// command-line errors. Catches an option parsed and ignored, units read as bytes ("64GiB" as 64),
+// decimal and binary units confused, and a count times unit that wraps past 2^64.
+TEST(Cli, MaxCacheBytesRaisesOrLowersTheLimit) {
+  const std::string gen = "generate --model " + fixture(base, "model.safetensors") + " --src-file " + fixture(base, "src.txt");
+  ASSERT_EQ(run(gen + " --max-new-tokens 4").status, 0);
+  auto r = run(gen + " --max-new-tokens 4 --max-cache-bytes 1kB");
+  expect_error(r, 1, "eigenformer generate: --max-cache-bytes: beam_size 1 x 3 sources x 4 steps");
+  EXPECT_NE(r.err.find("over the limit of 1.0 kB"), std::string::npos) << r.err;
+  expect_error(run(gen + " --beam-size 1000000 --max-cache-bytes 64GiB"), 1, "over the limit of 68.7 GB");
+  expect_error(run(gen + " --beam-size 1000000 --max-cache-bytes 64000000000"), 1, "over the limit of 64.0 GB");
+  EXPECT_EQ(run(gen + " --max-new-tokens 4 --max-cache-bytes 1MB").status, 0);
+  expect_error(run(gen + " --max-cache-bytes 12XB"), 2, "--max-cache-bytes: '12XB' is not a size");
+  expect_error(run(gen + " --max-cache-bytes GB"), 2, "--max-cache-bytes: 'GB' is not a size");
+  expect_error(run(gen + " --max-cache-bytes 99999999999TiB"), 2, "--max-cache-bytes: '99999999999TiB' is more than 2^64 bytes");
+}
+
+// Logits that turn non-finite at run time (weights finite but huge: the loader accepts them) stop the
+// tool with the source file's line and the step, not the sequence's index in its batch. Line 2 alone
+// holds token 13, whose embedding overflows; --batch-size 1 puts it first in the second batch.
+// Catches a message that names the batch index ("sequence 0"), and a tool that prints token 0.
+TEST(Cli, NonFiniteLogitsNameTheSourceLine) {
+  const std::string model = tmp_path("huge.safetensors"), src = tmp_path("src.txt");
+  const ef::io::safetensors_file file(fixture(base, "model.safetensors"));
+  auto weights = ef::read_weights<float>(file);
+  std::vector<std::string> names;
+  for (const auto& t : file.tensors()) names.push_back(t.name);
+  std::vector<ef::tensor<float>> values;
+  for (const auto& n : names) values.push_back(*weights.find(n));
+  std::vector<ef::io::named_tensor<float>> list;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == "src_embed.weight")
+      for (index_t j = 0; j < values[i].dim(1); ++j) values[i](13, j) = 3e38f;
+    list.push_back({names[i], values[i]});
+  }
+  ef::io::write_safetensors<float>(model, list, file.metadata());
+  write_file(src, "3 4 5\n6 13 7\n8 9\n");
+  const std::string needle = src + ":2: step 0: the model's logits are not finite (NaN or Inf)";
+  expect_error(run("generate --model " + model + " --src-file " + src + " --batch-size 3"), 1, needle);
+  // Batches stream: with one line a batch, line 1's output is out before line 2 fails.
+  for (const std::string extra : {" --batch-size 1", " --beam-size 2 --batch-size 1"}) {
+    const auto r = run("generate --model " + model + " --src-file " + src + extra);
+    EXPECT_EQ(r.status, 1) << r.err;
+    EXPECT_EQ(r.err, "eigenformer generate: " + needle + "\n");
+    EXPECT_EQ(id_lines(r.out).size(), 1u) << r.out;
+  }
 }
 
 // --threads above the machine's cores is capped (and --help says so): the run works and gives the
@@ -478,4 +534,27 @@ TEST(Cli, OutFollowsLinksAndKeepsReadOnlyFiles) {
   EXPECT_EQ(fs::status(locked).permissions() & fs::perms::all,
             fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
   fs::permissions(locked, fs::perms::owner_write, fs::perm_options::add);  // so the next run can clean up
+}
+
+// --model takes a Hugging Face directory: generate prints transformers' greedy ids (the forced first
+// token of m2m100 included, as it prints a --target-prefix-file's), score writes its teacher-forced
+// log-probabilities, info names the family. Catches a tool that only opens files, or that loses the
+// config's forced_bos_token_id on the way to generate().
+TEST(Cli, HuggingFaceDirectories) {
+  for (const std::string name : {"marian", "m2m100"}) {
+    const std::string dir = (fixture_root() / "hf" / name).string();
+    const auto r = run("generate --model " + dir + " --src-file " + dir + "/src.txt --max-new-tokens 20");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, read_file(dir + "/greedy.txt")) << name;
+    const std::string out = tmp_path(name + ".npy");
+    ASSERT_EQ(run("score --model " + dir + " --src-file " + dir + "/src.txt --tgt-file " + dir + "/tgt.txt --out " + out).status, 0);
+    const auto got = ef::io::read_npy<float>(out);
+    const auto want = ef::io::read_npy<double>(dir + "/logprobs.npy");
+    ASSERT_EQ(got.shape(), want.shape());
+    for (index_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got.data()[i], want.data()[i], 1e-4) << name << " " << i;
+  }
+  const auto info = run("info --model " + (fixture_root() / "hf" / "bart_sharded").string());
+  ASSERT_EQ(info.status, 0) << info.err;
+  EXPECT_NE(info.out.find("(Hugging Face bart)"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("model.encoder.layernorm_embedding.weight F32 [16]"), std::string::npos) << info.out;
 }

@@ -606,7 +606,7 @@ TYPED_TEST(DecodeTest, MemoryIsCheckedAgainstALimitBeforeAnyAllocation) {
       ef::generate(f.m, src, o);
       ADD_FAILURE() << "expected an error, beam_size " << o.beam_size;
     } catch (const ef::invalid_argument& e) {
-      EXPECT_EQ(e.subject(), "generate");
+      EXPECT_EQ(e.subject(), "max_cache_bytes");
       for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what() << "\nexpected: " << n;
     }
   };
@@ -617,8 +617,8 @@ TYPED_TEST(DecodeTest, MemoryIsCheckedAgainstALimitBeforeAnyAllocation) {
   const std::uint64_t cache = f.m.cache_bytes(3, src.total(), 5, 1000000, 64);
   EXPECT_GE(cache, self_kv);
   EXPECT_LT(cache, self_kv + self_kv / 2);
-  expect(o, {"generate: beam_size 1000000 x 3 sources x 64 steps: the KV cache needs " + ef::detail::bytes_string(cache),
-             ", over the limit of 17.2 GB; raise generation_options::max_cache_bytes"});
+  expect(o, {"max_cache_bytes: beam_size 1000000 x 3 sources x 64 steps: the KV cache needs " + ef::detail::bytes_string(cache),
+             ", over the limit of 17.2 GB"});
   o.beam_size = ef::index_t{1} << 62;
   expect(o, {"beam_size 4611686018427387904 x 3 sources", "needs more than 18.4 EB"});
   // The limit is the caller's: 1 kB refuses a greedy run the default accepts.
@@ -657,12 +657,15 @@ TYPED_TEST(DecodeTest, NonFiniteLogitsStopWithAnErrorNamingSequenceAndStep) {
   ef::sampling::sampling_options warm;
   warm.temperature = 0.8f;
   const auto chain = ef::sampling::make_chain(warm);
-  auto expect = [&](const ef::model<S>& m, const ef::generation_options& o, const std::string& needle) {
+  auto expect = [&](const ef::model<S>& m, const ef::generation_options& o, const std::string& needle,
+                    index_t sequence = 0) {
     try {
       ef::generate(m, src, o);
       ADD_FAILURE() << "expected an error: " << needle;
-    } catch (const ef::invalid_argument& e) {
+    } catch (const ef::numeric_error& e) {
       EXPECT_EQ(e.subject(), "generate");
+      EXPECT_EQ(e.sequence(), sequence);
+      EXPECT_EQ(e.step(), 0);
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
@@ -687,5 +690,18 @@ TYPED_TEST(DecodeTest, NonFiniteLogitsStopWithAnErrorNamingSequenceAndStep) {
     rw.map().insert("generator.bias", std::move(b));
     const ef::model<S> m(c, rw.map());
     expect(m, {}, "sequence 0, step 0: the model's logits are not finite");
+  }
+  {  // a NaN in the embedding of source token 9, which only the second source holds: sequence 1 fails,
+     // and the error's sequence() says so (catches an index of the slot, or of the first row, instead)
+    random_weights<S> rw(c, 9);
+    const std::string name = c.share_embeddings ? "tgt_embed.weight" : "src_embed.weight";
+    auto e = *rw.map().find(name);
+    e(9, 0) = std::numeric_limits<S>::quiet_NaN();
+    rw.map().insert(name, std::move(e));
+    const ef::model<S> m(c, rw.map());
+    ef::generation_options o;
+    expect(m, o, "generate: sequence 1, step 0: the model's logits are not finite", 1);
+    o.beam_size = 2;
+    expect(m, o, "generate: sequence 1, step 0: the model's logits are not finite", 1);
   }
 }

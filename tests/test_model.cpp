@@ -42,6 +42,18 @@ std::vector<ef::model_config> variants() {
   c.tie_output = true;
   c.decoder_final_norm = false;
   out.push_back(c);
+  c = small_config();  // BART-like: embedding norms, learned positions with an offset, silu
+  c.embedding_norm = true;
+  c.activation_kind = ef::activation::silu;
+  c.positional = ef::positional_encoding::learned;
+  c.position_offset = 2;
+  out.push_back(c);
+  c = small_config();  // M2M100-like: pre-norm, tensor2tensor sinusoids from pad + 1, tanh gelu
+  c.norm_first = true;
+  c.activation_kind = ef::activation::gelu_tanh;
+  c.sinusoidal = ef::sinusoidal_variant::tensor2tensor;
+  c.position_offset = 2;
+  out.push_back(c);
   return out;
 }
 
@@ -267,6 +279,38 @@ TYPED_TEST(ModelTest, MissingUnexpectedAndMisshapenTensorsAreNamed) {
     EIGENFORMER_EXPECT_THROW_WITH((ef::model<S>(c, rw.map())), ef::shape_error,
                                   "'transformer.encoder.layers.0.linear1.weight': shape [16, 35], expected [35, 16]");
   }
+}
+
+// embedding_norm normalises each side's embedded rows before the first layer. With the encoder's
+// norm weight 0 and bias b every embedded source row is b, so the memory cannot depend on the
+// source's tokens (only on its length); with the norm off, or the norm applied to the decoder side
+// only, it does (the BART-like entry of variants() checks cached decode steps, which embed through
+// the same function, against teacher forcing). Catches a norm that is loaded and not applied,
+// applied to the wrong side, or a tensor the model does not ask for.
+TYPED_TEST(ModelTest, EmbeddingNormIsAppliedToEachSide) {
+  using S = TypeParam;
+  auto c = small_config();
+  c.embedding_norm = true;
+  random_weights<S> rw(c, 3);
+  rw.map().insert("transformer.encoder.embed_norm.weight", ef::tensor<S>({c.d_model}));  // zeros
+  ef::model<S> m(c, rw.map());
+  const auto a = m.encode(ef::token_batch::from_sequences({{3, 4, 5}}));
+  const auto b = m.encode(ef::token_batch::from_sequences({{9, 10, 11}}));
+  EXPECT_EQ(max_abs_diff(a.memory.values(), b.memory.values()), 0.0);
+  random_weights<S> plain_w(c, 3);
+  ef::model<S> plain(c, plain_w.map());
+  EXPECT_GT(max_abs_diff(plain.encode(ef::token_batch::from_sequences({{3, 4, 5}})).memory.values(),
+                         plain.encode(ef::token_batch::from_sequences({{9, 10, 11}})).memory.values()),
+            1e-3);
+  {
+    random_weights<S> rw2(c, 1);
+    rw2.map().take("transformer.decoder.embed_norm.bias", {c.d_model});
+    EIGENFORMER_EXPECT_THROW_WITH((ef::model<S>(c, rw2.map())), ef::format_error,
+                                  "random: tensor 'transformer.decoder.embed_norm.bias' is missing");
+  }
+  // The config keeps the key only when it is on, and reads it back.
+  EXPECT_EQ(ef::model_config::from_json(c.to_json()).embedding_norm, true);
+  EXPECT_FALSE(small_config().to_json().contains("embedding_norm"));
 }
 
 TYPED_TEST(ModelTest, BadInputsAreNamed) {

@@ -183,6 +183,36 @@ TYPED_TEST(OpsTest, ReluAndExactGelu) {
   }
 }
 
+// The tanh GELU and SiLU against their formulas in long double with the C library's tanh and exp
+// (independent of Eigen's vectorised ones), over [-30, 30], where exp(-x) overflows float for
+// the largest |x|. Catches the exact GELU used for "gelu_new" (1e-4 apart at x = 2: checked on its own, as the loop's float tolerance is wider),
+// a wrong constant (0.0447 or sqrt(pi/2)), sigmoid(x) alone for SiLU, and NaN from inf/inf.
+TYPED_TEST(OpsTest, TanhGeluAndSilu) {
+  using S = TypeParam;
+  filler f(6);
+  for (index_t d : sizes) {
+    auto x = f.make<S>({3, d}, -30, 30);
+    x(0) = S(-30);
+    x(1) = S(0);
+    auto t = x, s = x;
+    ef::gelu_tanh(t.matrix());
+    ef::silu(s.matrix());
+    for (index_t i = 0; i < x.size(); ++i) {
+      const long double v = x(i);
+      const long double k = std::sqrt(2.0L / 3.14159265358979323846264338327950288L);
+      const long double gt = 0.5L * v * (1 + std::tanh(k * (v + 0.044715L * v * v * v)));
+      const long double si = v / (1 + std::exp(-v));
+      ASSERT_NEAR(t(i), double(gt), this->tol() * 4 * std::max(1.0, std::abs(double(v)))) << double(v);
+      ASSERT_NEAR(s(i), double(si), this->tol() * 4 * std::max(1.0, std::abs(double(v)))) << double(v);
+    }
+  }
+  // Where the two GELUs differ (the tanh form is not the exact one): x = 2.
+  ef::tensor<S> two({1, 1});
+  two(0) = S(2);
+  ef::gelu_tanh(two.matrix());
+  EXPECT_GT(std::abs(double(two(0)) - 2 * 0.5 * (1 + std::erf(2 / std::sqrt(2.0)))), 5e-5);  // 9.8e-5
+}
+
 TYPED_TEST(OpsTest, EmbeddingGatherAndScale) {
   using S = TypeParam;
   filler f(6);

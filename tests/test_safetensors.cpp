@@ -528,7 +528,7 @@ TEST(SafetensorsMalformed, HeaderLength) {
 TEST(SafetensorsMalformed, HeaderNotAJsonObject) {
   expect_rejected(safetensors_bytes(R"({"a":)", ""), "header is not valid JSON");
   expect_rejected(safetensors_bytes("{\"\xFF\":1}", ""), "header is not valid JSON");  // not UTF-8
-  expect_rejected(safetensors_bytes(std::string("{}\0\0", 4), ""), "header is not valid JSON: NUL byte at header offset 2");
+  expect_rejected(safetensors_bytes(std::string("{}\0\0", 4), ""), "header is not valid JSON: NUL byte at offset 2");
   expect_rejected(safetensors_bytes(std::string("{}\0{\"w\":1}", 9), ""), "NUL byte");
   expect_rejected(safetensors_bytes("[1,2]", ""), "header is a JSON array, expected an object");
   expect_rejected(safetensors_bytes("", ""), "header is not valid JSON");

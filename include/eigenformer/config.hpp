@@ -22,7 +22,9 @@
 
 namespace eigenformer {
 
-enum class activation { relu, gelu };
+/// The feed-forward activation: relu; gelu (exact, erf); gelu_tanh (GELU's tanh approximation,
+/// transformers' "gelu_new"); silu (x sigmoid(x), transformers' "swish"/"silu").
+enum class activation { relu, gelu, gelu_tanh, silu };
 enum class positional_encoding { sinusoidal, learned };
 enum class sinusoidal_variant { paper, marian, tensor2tensor };
 enum class gate { softmax, top_k, noisy_top_k };
@@ -69,6 +71,9 @@ struct model_config {
   sinusoidal_variant sinusoidal = sinusoidal_variant::paper;
   index_t position_offset = 0;
   bool scale_embedding = true;
+  /// A layer norm of each side's embeddings (token * scale + position) before the first layer:
+  /// BART's and mBART's layernorm_embedding (tensors transformer.{encoder,decoder}.embed_norm.*).
+  bool embedding_norm = false;
   bool encoder_final_norm = true;
   bool decoder_final_norm = true;
   bool share_embeddings = false;
@@ -76,6 +81,9 @@ struct model_config {
   token_id bos_id = 0;
   token_id eos_id = 0;
   token_id pad_id = 0;
+  /// A first target token that generate() forces unless given a prefix (a Hugging Face config's
+  /// forced_bos_token_id: mBART's or M2M100's target language, BART's bos). None by default.
+  std::optional<token_id> forced_bos_id;
   std::optional<moe_config> moe;
 
   index_t d_head() const { return n_heads > 0 ? d_model / n_heads : 0; }
@@ -100,7 +108,15 @@ struct model_config {
 // ---------------------------------------------------------------------------------------------
 // Implementation
 
-inline std::string_view to_string(activation a) { return a == activation::relu ? "relu" : "gelu"; }
+inline std::string_view to_string(activation a) {
+  switch (a) {
+    case activation::relu: return "relu";
+    case activation::gelu: return "gelu";
+    case activation::gelu_tanh: return "gelu_tanh";
+    case activation::silu: return "silu";
+  }
+  return "?";
+}
 inline std::string_view to_string(positional_encoding p) {
   return p == positional_encoding::sinusoidal ? "sinusoidal" : "learned";
 }
@@ -134,7 +150,7 @@ class config_reader {
 
   /// A value for a message: short, and never walked recursively (from_json may get any JSON value).
   static std::string excerpt(const nlohmann::json& v) {
-    if (v.is_string()) return "\"" + text_excerpt(v.get_ref<const std::string&>(), 64) + "\"";
+    if (v.is_string()) return detail::quote_text(text_excerpt(v.get_ref<const std::string&>(), 64));
     if (v.is_array()) return "an array of " + std::to_string(v.size()) + " element(s)";
     if (v.is_object()) return "an object of " + std::to_string(v.size()) + " key(s)";
     return v.dump();  // a number, true, false or null
@@ -266,6 +282,7 @@ inline void model_config::validate() const {
   detail::check_id(w, "bos_id", bos_id, tgt_vocab_size);
   detail::check_id(w, "eos_id", eos_id, tgt_vocab_size);
   detail::check_id(w, "pad_id", pad_id, tgt_vocab_size);
+  if (forced_bos_id) detail::check_id(w, "forced_bos_id", *forced_bos_id, tgt_vocab_size);
   if (moe) {
     detail::check_positive(w, "moe.n_experts", moe->n_experts);
     if (moe->top_k < 1 || moe->top_k > moe->n_experts) {
@@ -298,7 +315,11 @@ inline model_config model_config::from_json(const nlohmann::json& j, std::string
   c.n_decoder_layers = r.integer("n_decoder_layers");
   c.src_vocab_size = r.integer("src_vocab_size");
   c.tgt_vocab_size = r.integer("tgt_vocab_size");
-  c.activation_kind = r.string("activation", "relu", {"relu", "gelu"}) == "relu" ? activation::relu : activation::gelu;
+  const auto act = r.string("activation", "relu", {"relu", "gelu", "gelu_tanh", "silu"});
+  c.activation_kind = act == "relu"        ? activation::relu
+                      : act == "gelu"      ? activation::gelu
+                      : act == "gelu_tanh" ? activation::gelu_tanh
+                                           : activation::silu;
   c.norm_first = r.boolean("norm_first", false);
   c.layer_norm_eps = r.number("layer_norm_eps", 1e-5);
   c.positional = r.string("positional_encoding", "sinusoidal", {"sinusoidal", "learned"}) == "sinusoidal"
@@ -311,6 +332,7 @@ inline model_config model_config::from_json(const nlohmann::json& j, std::string
                                        : sinusoidal_variant::tensor2tensor;
   c.position_offset = r.integer("position_offset", 0);
   c.scale_embedding = r.boolean("scale_embedding", true);
+  c.embedding_norm = r.boolean("embedding_norm", false);
   c.encoder_final_norm = r.boolean("encoder_final_norm", true);
   c.decoder_final_norm = r.boolean("decoder_final_norm", true);
   c.share_embeddings = r.boolean("share_embeddings", false);
@@ -318,6 +340,9 @@ inline model_config model_config::from_json(const nlohmann::json& j, std::string
   c.bos_id = static_cast<token_id>(r.integer("bos_id"));
   c.eos_id = static_cast<token_id>(r.integer("eos_id"));
   c.pad_id = static_cast<token_id>(r.integer("pad_id"));
+  if (const nlohmann::json* f = r.find("forced_bos_id"); f && !f->is_null()) {
+    c.forced_bos_id = static_cast<token_id>(r.integer("forced_bos_id"));
+  }
   if (const nlohmann::json* m = r.find("moe"); m && !m->is_null()) {
     detail::config_reader mr(*m, w + ".moe");
     moe_config mc;
@@ -388,6 +413,9 @@ inline nlohmann::json model_config::to_json() const {
       {"eos_id", eos_id},
       {"pad_id", pad_id},
   };
+  // Extensions, written only when set: files without them stay as they were.
+  if (embedding_norm) j["embedding_norm"] = true;
+  if (forced_bos_id) j["forced_bos_id"] = *forced_bos_id;
   if (moe) {
     j["moe"] = {{"n_experts", moe->n_experts},
                 {"top_k", moe->top_k},

@@ -226,8 +226,8 @@ inline std::uint64_t search_bytes(const generation_options& o, const model_confi
   return total;
 }
 
-/// Throws invalid_argument, before anything is allocated, if the KV cache and the search's
-/// buffers would take more than o.max_cache_bytes.
+/// Throws invalid_argument (subject "max_cache_bytes"), before anything is allocated, if the KV cache
+/// and the search's buffers would take more than o.max_cache_bytes.
 template <class Scalar>
 void check_memory(const model<Scalar>& m, const generation_options& o, const token_batch& src) {
   const index_t batch = src.size();
@@ -241,11 +241,12 @@ void check_memory(const model<Scalar>& m, const generation_options& o, const tok
   const std::uint64_t search = search_bytes(o, m.config(), batch, max_steps, first_tokens, sizeof(Scalar));
   const std::uint64_t total = detail::sat_add(cache, search);
   if (total > o.max_cache_bytes) {
-    throw invalid_argument("generate", "beam_size " + std::to_string(o.beam_size) + " x " + std::to_string(batch) +
-                                           (batch == 1 ? " source x " : " sources x ") + std::to_string(max_steps) +
-                                           " steps: the KV cache needs " + detail::bytes_string(cache) + " and the search " +
-                                           detail::bytes_string(search) + ", over the limit of " +
-                                           detail::bytes_string(o.max_cache_bytes) + "; raise generation_options::max_cache_bytes");
+    // The subject is the option to raise, so that a caller (the tool: --max-cache-bytes) can name its own.
+    throw invalid_argument("max_cache_bytes", "beam_size " + std::to_string(o.beam_size) + " x " + std::to_string(batch) +
+                                                  (batch == 1 ? " source x " : " sources x ") + std::to_string(max_steps) +
+                                                  " steps: the KV cache needs " + detail::bytes_string(cache) +
+                                                  " and the search " + detail::bytes_string(search) + ", over the limit of " +
+                                                  detail::bytes_string(o.max_cache_bytes));
   }
 }
 
@@ -405,9 +406,11 @@ class search {
           auto row = rows.row(r);
           const double lse = log_sum_exp(row);
           if (!std::isfinite(lse)) {  // NaN or Inf logits: no distribution to choose from
-            throw invalid_argument("generate", "sequence " + std::to_string(b) + ", step " +
-                                                   std::to_string(live_.length[static_cast<std::size_t>(s)]) +
-                                                   ": the model's logits are not finite (NaN or Inf)");
+            const index_t step = live_.length[static_cast<std::size_t>(s)];
+            throw numeric_error("generate",
+                                "sequence " + std::to_string(b) + ", step " + std::to_string(step) +
+                                    ": the model's logits are not finite (NaN or Inf)",
+                                b, step);
           }
           apply_stages(row, live_.length[static_cast<std::size_t>(s)]);
           if (o_.return_alternatives > 0) {
@@ -605,8 +608,15 @@ class search {
 }  // namespace detail
 
 /// Decodes every source of `src`; returns one result per source, in order.
+/// A model that forces its first target token (model_config::forced_bos_id, from a Hugging Face
+/// config) gets it as every sequence's prefix when `o` gives none.
 template <class Scalar>
 std::vector<generation_result> generate(const model<Scalar>& m, const token_batch& src, const generation_options& o) {
+  if (o.prefix.empty() && m.config().forced_bos_id && src.size() > 0) {
+    generation_options forced = o;
+    forced.prefix.assign(static_cast<std::size_t>(src.size()), std::vector<token_id>{*m.config().forced_bos_id});
+    return generate(m, src, forced);
+  }
   detail::validate(o, m.config(), src.size());
   detail::check_memory(m, o, src);
   const auto memory = m.encode(src, o.moe);

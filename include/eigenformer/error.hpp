@@ -83,6 +83,21 @@ class invalid_argument : public error {
   using error::error;
 };
 
+/// Numbers went wrong at run time: a row of logits became NaN or infinite (a model with a NaN
+/// weight, extreme inputs). sequence() is the index of the source in the call's batch and step() the
+/// tokens generated before it, so that a caller can point at its own input (the tool names the file
+/// and line).
+class numeric_error : public error {
+ public:
+  numeric_error(std::string subject, std::string_view detail, index_t sequence, index_t step)
+      : error(std::move(subject), detail), sequence_(sequence), step_(step) {}
+  index_t sequence() const noexcept { return sequence_; }
+  index_t step() const noexcept { return step_; }
+
+ private:
+  index_t sequence_ = 0, step_ = 0;
+};
+
 /// "[2, 3, 4]"
 inline std::string shape_string(std::span<const index_t> dims) {
   std::string s = "[";

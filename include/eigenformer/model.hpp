@@ -126,6 +126,7 @@ class model {
   std::vector<encoder_layer<Scalar>> encoder_;
   std::vector<decoder_layer<Scalar>> decoder_;
   std::optional<layer_norm_layer<Scalar>> encoder_norm_, decoder_norm_;
+  std::optional<layer_norm_layer<Scalar>> src_embed_norm_, tgt_embed_norm_;  // embedding_norm
   linear_layer<Scalar> generator_;         // weight empty when tied; bias optional
   Scalar embed_scale_ = Scalar(1);
   index_t parameters_ = 0;
@@ -152,6 +153,11 @@ model<Scalar>::model(const model_config& config, weight_map<Scalar>& w) : config
   } else {
     // No table: max_positions is a limit, not a size (a file may say 10^9 at no cost).
     sinusoid_ = sinusoidal_positions<Scalar>(d, c.sinusoidal, c.position_offset);
+  }
+  if (c.embedding_norm) {
+    src_embed_norm_ = layer_norm_layer<Scalar>::load(w, "transformer.encoder.embed_norm", d, c.layer_norm_eps);
+    tgt_embed_norm_ = layer_norm_layer<Scalar>::load(w, "transformer.decoder.embed_norm", d, c.layer_norm_eps);
+    parameters_ += src_embed_norm_->parameter_count() + tgt_embed_norm_->parameter_count();
   }
   for (index_t i = 0; i < c.n_encoder_layers; ++i) {
     encoder_.push_back(encoder_layer<Scalar>::load(w, "transformer.encoder.layers." + std::to_string(i), c, i));
@@ -197,26 +203,31 @@ void model<Scalar>::check_batch(const token_batch& batch, side s) const {
   }
 }
 
-/// out rows [tokens.size(), d_model] = E[token] * scale + P[first_position + i].
+/// out rows [tokens.size(), d_model] = E[token] * scale + P[first_position + i], then the side's
+/// embedding norm if the model has one.
 template <class Scalar>
 void model<Scalar>::embed(side s, std::span<const token_id> tokens, index_t first_position, Scalar* out) const {
-  const index_t d = config_.d_model;
+  const index_t d = config_.d_model, n = static_cast<index_t>(tokens.size());
   const tensor<Scalar>& table = (s == side::tgt || config_.share_embeddings) ? tgt_embed_ : src_embed_;
   if (config_.positional == positional_encoding::learned) {
     const tensor<Scalar>& pos = s == side::tgt ? tgt_pos_ : src_pos_;
-    for (std::size_t i = 0; i < tokens.size(); ++i) {
-      const index_t p = config_.position_offset + first_position + static_cast<index_t>(i);
-      auto row = make_view(out + static_cast<index_t>(i) * d, 1, d);
-      row = make_view(table.data() + tokens[i] * d, 1, d) * embed_scale_ + make_view(pos.data() + p * d, 1, d);
+    for (index_t i = 0; i < n; ++i) {
+      const index_t p = config_.position_offset + first_position + i;
+      auto row = make_view(out + i * d, 1, d);
+      row = make_view(table.data() + tokens[static_cast<std::size_t>(i)] * d, 1, d) * embed_scale_ +
+            make_view(pos.data() + p * d, 1, d);
     }
-    return;
+  } else {
+    for (index_t i = 0; i < n; ++i) {  // the position's row first, in place, then the token's
+      Scalar* o = out + i * d;
+      sinusoid_.row(first_position + i, o);
+      auto row = make_view(o, 1, d);
+      row = make_view(table.data() + tokens[static_cast<std::size_t>(i)] * d, 1, d) * embed_scale_ +
+            make_view(static_cast<const Scalar*>(o), 1, d);
+    }
   }
-  for (std::size_t i = 0; i < tokens.size(); ++i) {  // the position's row first, in place, then the token's
-    Scalar* o = out + static_cast<index_t>(i) * d;
-    sinusoid_.row(first_position + static_cast<index_t>(i), o);
-    auto row = make_view(o, 1, d);
-    row = make_view(table.data() + tokens[i] * d, 1, d) * embed_scale_ + make_view(static_cast<const Scalar*>(o), 1, d);
-  }
+  const auto& norm = s == side::src ? src_embed_norm_ : tgt_embed_norm_;
+  if (norm) (*norm)(make_view(out, n, d), make_view(out, n, d));  // row-wise: in place is safe
 }
 
 template <class Scalar>

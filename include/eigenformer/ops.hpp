@@ -307,6 +307,24 @@ void gelu(const Eigen::MatrixBase<X>& x_) {
   x = (Scalar(0.5) * x.array() * (Scalar(1) + (x.array() * r).erf())).matrix();
 }
 
+/// In place: x = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), GELU's tanh approximation:
+/// transformers' "gelu_new" / "gelu_pytorch_tanh", torch's gelu(approximate='tanh').
+template <class X>
+void gelu_tanh(const Eigen::MatrixBase<X>& x_) {
+  X& x = detail::writable(x_);
+  using Scalar = typename X::Scalar;
+  const Scalar k = Scalar(0.79788456080286535587989211986876373695171726232986);  // sqrt(2 / pi)
+  x = (Scalar(0.5) * x.array() * (Scalar(1) + (k * (x.array() + Scalar(0.044715) * x.array().cube())).tanh())).matrix();
+}
+
+/// In place: x = x sigmoid(x) = x / (1 + exp(-x)): SiLU, transformers' "silu" and "swish".
+template <class X>
+void silu(const Eigen::MatrixBase<X>& x_) {
+  X& x = detail::writable(x_);
+  using Scalar = typename X::Scalar;
+  x = (x.array() / (Scalar(1) + (-x.array()).exp())).matrix();
+}
+
 /// out[i] = table[ids[i]] * scale: the embedding lookup. table [vocab, d], out [ids.size(), d].
 /// Throws invalid_argument naming `what` and the position of an id outside [0, vocab).
 template <class T, class Y>

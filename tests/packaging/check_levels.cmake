@@ -4,7 +4,9 @@
 #   L2 ops, positional, kv_cache, config, weights, batch, workspace, moe_runtime
 #   L3 attention, layers/*              L4 model
 #   S  sampling/*  -> L0..L2 and S       L5 decode -> everything but io
-#   IO io/safetensors, io/npy -> L0..L1  io/model_loader -> everything but decode and sampling
+#   IO io/safetensors, io/npy -> L0..L1
+#   IO_SOURCE io/finite_read, io/hf_directory (weights under the model's names) -> L0..L2 and IO
+#   io/model_loader -> everything but decode and sampling
 #   the umbrella eigenformer.hpp, and extern_templates.hpp (declares instantiations of decode and
 #   io/model_loader alike), may include anything.
 # Usage: cmake -DROOT=include/eigenformer -P check_levels.cmake
@@ -25,6 +27,8 @@ function(level_of path out)
     set(${out} 5 PARENT_SCOPE)
   elseif(path MATCHES "^io/model_loader\\.hpp$")
     set(${out} IO_LOADER PARENT_SCOPE)
+  elseif(path MATCHES "^io/(finite_read|hf_directory)\\.hpp$")
+    set(${out} IO_SOURCE PARENT_SCOPE)
   elseif(path MATCHES "^io/")
     set(${out} IO PARENT_SCOPE)
   elseif(path STREQUAL "eigenformer.hpp" OR path STREQUAL "extern_templates.hpp")
@@ -46,8 +50,12 @@ function(allowed from to out)
     if(to STREQUAL "IO" OR (to MATCHES "^[0-9]$" AND to LESS_EQUAL 1))
       set(ok TRUE)
     endif()
+  elseif(from STREQUAL "IO_SOURCE")
+    if(to STREQUAL "IO" OR to STREQUAL "IO_SOURCE" OR (to MATCHES "^[0-9]$" AND to LESS_EQUAL 2))
+      set(ok TRUE)
+    endif()
   elseif(from STREQUAL "IO_LOADER")
-    if(to STREQUAL "IO" OR (to MATCHES "^[0-9]$" AND to LESS_EQUAL 4))
+    if(to STREQUAL "IO" OR to STREQUAL "IO_SOURCE" OR (to MATCHES "^[0-9]$" AND to LESS_EQUAL 4))
       set(ok TRUE)
     endif()
   elseif(from MATCHES "^[0-9]$")

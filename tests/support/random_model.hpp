@@ -25,6 +25,10 @@ class random_weights {
       add("src_pos.weight", {c.max_positions, d}, 0.5);
       add("tgt_pos.weight", {c.max_positions, d}, 0.5);
     }
+    if (c.embedding_norm) {
+      norm("transformer.encoder.embed_norm");
+      norm("transformer.decoder.embed_norm");
+    }
     for (index_t i = 0; i < c.n_encoder_layers; ++i) {
       const std::string p = "transformer.encoder.layers." + std::to_string(i);
       attention(p + ".self_attn", s);

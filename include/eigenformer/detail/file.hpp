@@ -63,6 +63,17 @@ inline std::string text_excerpt(std::string_view text, std::size_t max = 64) {
   return out + "...";
 }
 
+/// "\"" + text + "\"", built by appending: g++ 12 warns about `"\"" + std::string&&` (a false
+/// -Wrestrict, GCC bug 105329).
+inline std::string quote_text(std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + 2);
+  out += '"';
+  out += text;
+  out += '"';
+  return out;
+}
+
 /// nlohmann's parse error message with its "last read: '...'" excerpt (the whole rest of an unterminated
 /// string, say) cut to 64 bytes, on one line.
 inline std::string json_error_excerpt(std::string_view what) {

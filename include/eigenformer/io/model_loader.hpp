@@ -1,5 +1,6 @@
 // eigenformer/io/model_loader.hpp: load_model<Scalar>(path), the one place that knows both the
-// file (io/safetensors.hpp) and the model (model.hpp).
+// sources of a model (our file, io/safetensors.hpp; a Hugging Face directory, io/hf_directory.hpp)
+// and the model (model.hpp).
 //
 //   auto m = eigenformer::load_model<float>("model.safetensors");
 //
@@ -10,11 +11,7 @@
 // every tensor it needs with its exact shape and no tensor is left over. Tensors are converted to
 // Scalar once, here.
 //
-// Why refuse non-finite weights: one NaN spreads through every later layer, and greedy decoding then
-// picks token 0 forever with no error. The check looks at the bits of each block of converted values
-// right after the block is read, while it is in cache. Measured on a Transformer-base float32 model
-// (373 MB, in the page cache): at most ~15 ms, within run-to-run noise, of a 120-200 ms load; the
-// same check as a separate pass over the loaded tensors took 45-75 ms.
+// (io/finite_read.hpp says why non-finite weights are refused, and what the check costs.)
 #pragma once
 
 #include <cstddef>
@@ -27,6 +24,8 @@
 #include "../config.hpp"
 #include "../model.hpp"
 #include "../weights.hpp"
+#include "finite_read.hpp"
+#include "hf_directory.hpp"
 #include "safetensors.hpp"
 
 namespace eigenformer {
@@ -52,28 +51,25 @@ inline model_config read_config(const io::safetensors_file& file) {
 template <class Scalar>
 weight_map<Scalar> read_weights(const io::safetensors_file& file) {
   weight_map<Scalar> weights(file.path().string());
-  for (const auto& info : file.tensors()) {
-    if (!io::is_float_dtype(info.type)) {
-      throw format_error(file.path().string() + ": tensor '" + detail::text_excerpt(info.name, 128) + "': dtype " +
-                         std::string(io::dtype_name(info.type)) + ", expected F32, F16, BF16 or F64");
-    }
-    tensor<Scalar> t;
-    file.read_into(info.name, t, [&](std::span<const Scalar> values, std::size_t first) {
-      const std::ptrdiff_t i = detail::first_non_finite(values);
-      if (i < 0) return;
-      const bool narrowed = std::is_same_v<Scalar, float> && info.type == io::dtype::f64;
-      throw format_error(file.path().string() + ": tensor '" + detail::text_excerpt(info.name, 128) + "': " +
-                         detail::non_finite_name(values[static_cast<std::size_t>(i)]) + " at element " +
-                         std::to_string(first + static_cast<std::size_t>(i)) + (narrowed ? " (as float)" : ""));
-    });
-    weights.insert(info.name, std::move(t));
-  }
+  for (const auto& info : file.tensors()) weights.insert(info.name, io::read_finite_tensor<Scalar>(file, info.name));
   return weights;
 }
 
-/// Loads the model file at `path` (docs/model-format.md) for inference in Scalar.
+/// Loads the model at `path` for inference in Scalar: an eigenformer .safetensors file
+/// (docs/model-format.md) or a Hugging Face model directory (io/hf_directory.hpp), told apart by
+/// what is there, not by the name.
 template <class Scalar>
 model<Scalar> load_model(const std::filesystem::path& path) {
+  if (io::is_hf_directory(path)) {
+    const io::hf_directory dir(path);
+    weight_map<Scalar> weights = dir.read_weights<Scalar>();
+    return model<Scalar>(dir.config(), weights);
+  }
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    throw format_error(path.string() + ": a folder without config.json, expected a model file or a Hugging Face model "
+                       "directory");
+  }
   const io::safetensors_file file(path);
   const model_config config = read_config(file);
   weight_map<Scalar> weights = read_weights<Scalar>(file);

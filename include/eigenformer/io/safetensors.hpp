@@ -45,6 +45,7 @@
 
 #include "../detail/file.hpp"
 #include "../detail/half.hpp"
+#include "../detail/json_text.hpp"
 #include "../error.hpp"
 #include "../tensor.hpp"
 #include "../types.hpp"
@@ -177,12 +178,6 @@ void encode_floats(io::dtype type, const Scalar* src, std::byte* dst, std::size_
   }
 }
 
-/// A JSON value for an error message, cut short if long. The value must come from a parse that limited
-/// its nesting (dump() recurses once per level).
-inline std::string json_excerpt(const nlohmann::json& v) {
-  if (v.is_string()) return "\"" + text_excerpt(v.get_ref<const std::string&>(), 37) + "\"";
-  return text_excerpt(v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), 40);
-}
 
 }  // namespace eigenformer::detail
 
@@ -344,41 +339,11 @@ class safetensors_file {
     check_tiling(data_bytes);
   }
 
-  /// Parses the header, rejecting a key that appears twice in one object (the DOM would keep one).
+  /// Parses the header (detail/json_text.hpp): a key twice in one object, a NUL byte or nesting
+  /// deeper than max_json_depth is an error.
   nlohmann::json parse_json(std::span<const std::byte> text) const {
-    std::vector<std::set<std::string>> keys;  // one set per open object
-    std::string duplicate;
-    auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-      using event_t = nlohmann::json::parse_event_t;
-      // depth: of the container being opened, counting from 0 for the outermost one. Stop the parse
-      // here (the parser itself is iterative; what would use the DOM afterwards may not be).
-      if ((event == event_t::object_start || event == event_t::array_start) && depth >= max_json_depth) {
-        throw format_error(where() + "header nests arrays and objects more than " + std::to_string(max_json_depth) +
-                           " levels deep");
-      }
-      if (event == event_t::object_start) keys.emplace_back();
-      if (event == event_t::object_end && !keys.empty()) keys.pop_back();
-      if (event == event_t::key && duplicate.empty() && !keys.empty() &&
-          !keys.back().insert(parsed.get<std::string>()).second) {
-        duplicate = detail::text_excerpt(parsed.get<std::string>());
-      }
-      return true;
-    };
-    // nlohmann::json stops at a NUL byte as if the input ended there, which would accept anything
-    // after it; valid JSON text never holds a raw NUL.
-    if (const auto nul = std::find(text.begin(), text.end(), std::byte{0}); nul != text.end()) {
-      throw format_error(where() + "header is not valid JSON: NUL byte at header offset " +
-                         std::to_string(nul - text.begin()));
-    }
-    const char* first = reinterpret_cast<const char*>(text.data());
-    nlohmann::json header;
-    try {
-      header = nlohmann::json::parse(first, first + text.size(), callback);
-    } catch (const nlohmann::json::exception& e) {
-      throw format_error(where() + "header is not valid JSON: " + detail::json_error_excerpt(e.what()));
-    }
-    if (!duplicate.empty()) throw format_error(where() + "header: key '" + duplicate + "' appears twice");
-    return header;
+    return detail::parse_strict_json(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()),
+                                     where() + "header", max_json_depth);
   }
 
   void parse_metadata(const nlohmann::json& value) {

@@ -1,5 +1,5 @@
 // eigenformer/layers/feed_forward.hpp: the position-wise feed-forward block,
-// FF(x) = linear2(act(linear1(x))), act = relu or exact gelu.
+// FF(x) = linear2(act(linear1(x))), act = relu, exact gelu, gelu's tanh approximation or silu.
 #pragma once
 
 #include <string>
@@ -12,10 +12,11 @@ namespace eigenformer {
 
 template <class Scalar>
 void apply_activation(activation a, matrix_view<Scalar> x) {
-  if (a == activation::relu) {
-    relu(x);
-  } else {
-    gelu(x);
+  switch (a) {
+    case activation::relu: return relu(x);
+    case activation::gelu: return gelu(x);
+    case activation::gelu_tanh: return gelu_tanh(x);
+    case activation::silu: return silu(x);
   }
 }
 

@@ -1,0 +1,440 @@
+// eigenformer/io/hf_directory.hpp: a Hugging Face model directory (what transformers'
+// save_pretrained() writes) as a model_config and a weight_map under the model's own tensor names.
+//
+//   const io::hf_directory dir("opus-mt-en-de/");      // config.json, model.safetensors (or shards)
+//   auto weights = dir.read_weights<float>();
+//   model<float> m(dir.config(), weights);             // load_model(path) does both for a folder
+//
+// Families (config.json's model_type) and what sets each apart, as transformers 4.46 computes them:
+//   marian    post-norm; sinusoidal positions in Marian's layout (halves, 10000^(2i/d)) from 0;
+//             embeddings scaled by sqrt(d_model) if scale_embedding; final_logits_bias
+//   bart      post-norm; learned positions with an offset of 2; layernorm_embedding
+//   mbart     as bart, pre-norm, with final encoder and decoder layer norms
+//   m2m_100   pre-norm, final layer norms; sinusoidal positions in tensor2tensor's layout
+//             (exp(-i ln(10000) / (h - 1))) counted from pad_token_id + 1 (NLLB-200 is m2m_100)
+// All four: separate q/k/v projections with biases (fused here into the rows q, k, v of one
+// in_proj, the layout the kernels read), activation_function relu, gelu, gelu_new or swish/silu,
+// the decoder starting from decoder_start_token_id. Generation settings transformers would take from
+// the config are not this class's business, except forced_bos_token_id (a one-token prefix that
+// generate() forces unless given another) and the decoder start token.
+//
+// Strict: a model_type or a key whose value would change the computation that is not implemented
+// is a config_error naming the key and value; a key outside the lists below is an error too, so that
+// a checkpoint of a newer transformers is refused rather than approximated. Every tensor of the
+// files must be used, with its exact shape. The index of a sharded checkpoint must name shards in
+// the directory itself (no path), and every tensor it lists must be in its shard.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../config.hpp"
+#include "../detail/json_text.hpp"
+#include "../positional.hpp"
+#include "../weights.hpp"
+#include "finite_read.hpp"
+#include "safetensors.hpp"
+
+namespace eigenformer::io {
+
+/// True if `path` is a folder holding a Hugging Face config.json.
+inline bool is_hf_directory(const std::filesystem::path& path) {
+  std::error_code ec;
+  return std::filesystem::is_directory(path, ec) && std::filesystem::is_regular_file(path / "config.json", ec);
+}
+
+class hf_directory {
+ public:
+  /// Reads config.json (and generation_config.json if present) and the weights' index; throws
+  /// config_error or format_error naming the file and key.
+  explicit hf_directory(std::filesystem::path dir) : dir_(std::move(dir)) {
+    parse_config();
+    find_shards();
+    // One embedding table when the encoder's and decoder's are one tensor, which transformers saves
+    // once (model.shared.weight); two when the checkpoint holds each side's own.
+    config_.share_embeddings =
+        !(shard_of_.count("model.encoder.embed_tokens.weight") && shard_of_.count("model.decoder.embed_tokens.weight"));
+    try {
+      config_.validate();
+    } catch (const config_error& e) {
+      throw config_error(where("config.json") + ": " + e.what());
+    }
+  }
+
+  const std::filesystem::path& path() const noexcept { return dir_; }
+  const std::string& model_type() const noexcept { return model_type_; }
+  const model_config& config() const noexcept { return config_; }
+  /// The weight files (model.safetensors, or the shards the index names), in name order.
+  std::vector<std::filesystem::path> files() const {
+    std::set<std::string> names;
+    for (const auto& [tensor, shard] : shard_of_) names.insert(shard);
+    std::vector<std::filesystem::path> out;
+    for (const auto& n : names) out.push_back(dir_ / n);
+    return out;
+  }
+
+  /// Every tensor of the checkpoint, read as Scalar (NaN or infinite values refused), under the names
+  /// the model takes (docs/model-format.md).
+  template <class Scalar>
+  weight_map<Scalar> read_weights() const;
+
+ private:
+  std::string where(const char* file) const { return (dir_ / file).string(); }
+
+  void parse_config();
+  void find_shards();
+
+  std::filesystem::path dir_;
+  std::string model_type_;
+  model_config config_;
+  // Each tensor's shard (file name in dir_), from the index or the one model.safetensors.
+  std::map<std::string, std::string> shard_of_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Implementation
+
+}  // namespace eigenformer::io
+
+namespace eigenformer::detail {
+
+/// Keys of a saved config that change nothing at inference in transformers' encoder-decoder models
+/// (training settings, labels, generation defaults that generate() arguments override, bookkeeping).
+inline const std::set<std::string, std::less<>>& hf_ignored_keys() {
+  static const std::set<std::string, std::less<>> keys = {
+      "_name_or_path", "architectures", "transformers_version", "torch_dtype", "use_cache", "model_type",
+      "is_encoder_decoder", "dropout", "attention_dropout", "activation_dropout", "classifier_dropout",
+      "encoder_layerdrop", "decoder_layerdrop", "init_std", "num_labels", "id2label", "label2id",
+      "gradient_checkpointing", "num_hidden_layers", "output_past", "task_specific_params", "prefix",
+      "max_length", "min_length", "num_beams", "length_penalty", "early_stopping",
+      "no_repeat_ngram_size", "bad_words_ids", "forced_eos_token_id", "tokenizer_class", "return_dict",
+      "output_hidden_states", "output_attentions", "tie_encoder_decoder", "problem_type",
+      // Keys of older BART configs that transformers 4.x stores and its BART code never reads.
+      "add_bias_logits", "add_final_layer_norm", "normalize_before", "normalize_embedding",
+      "static_position_embeddings", "extra_pos_embeddings", "force_bos_token_to_be_generated",
+      "max_position_embeddings_offset", "do_blenderbot_90_layernorm", "variant", "dropout_rate",
+      // M2M100 / NLLB and Marian extras that do not change the network.
+      "decoder_start_token", "scale_attention_softmax_in_fp32"};
+  return keys;
+}
+
+}  // namespace eigenformer::detail
+
+namespace eigenformer::io {
+
+inline void hf_directory::parse_config() {
+  const std::string file = where("config.json");
+  const nlohmann::json j = detail::read_json_file(dir_ / "config.json");
+  if (!j.is_object()) throw config_error(file + ": expected a JSON object, got " + std::string(j.type_name()));
+  std::set<std::string, std::less<>> used;
+  auto get = [&](std::string_view key) -> const nlohmann::json* {
+    used.insert(std::string(key));
+    const auto it = j.find(std::string(key));
+    return it == j.end() || it->is_null() ? nullptr : &*it;
+  };
+  auto bad = [&](std::string_view key, const std::string& expected) -> config_error {
+    const auto it = j.find(std::string(key));
+    return config_error(file + ": " + std::string(key) + ": " +
+                        (it == j.end() ? std::string("missing") : detail::json_excerpt(*it)) + ", expected " + expected);
+  };
+  auto integer = [&](std::string_view key, std::optional<index_t> fallback = std::nullopt) -> index_t {
+    const nlohmann::json* v = get(key);
+    if (!v) {
+      if (fallback) return *fallback;
+      throw bad(key, "an integer");
+    }
+    if (!v->is_number_integer() || v->get<std::int64_t>() < 0 || v->get<std::int64_t>() > INT32_MAX) {
+      throw bad(key, "an integer from 0 to 2147483647");
+    }
+    return static_cast<index_t>(v->get<std::int64_t>());
+  };
+  auto boolean = [&](std::string_view key, bool fallback) {
+    const nlohmann::json* v = get(key);
+    if (!v) return fallback;
+    if (!v->is_boolean()) throw bad(key, "true or false");
+    return v->get<bool>();
+  };
+
+  const nlohmann::json* type = get("model_type");
+  if (!type || !type->is_string()) throw bad("model_type", "a string");
+  model_type_ = type->get<std::string>();
+  const bool marian = model_type_ == "marian", bart = model_type_ == "bart", mbart = model_type_ == "mbart",
+             m2m = model_type_ == "m2m_100";
+  if (!marian && !bart && !mbart && !m2m) {
+    throw config_error(file + ": model_type '" + detail::text_excerpt(model_type_) +
+                       "' is not supported, expected marian, bart, mbart or m2m_100");
+  }
+  model_config& c = config_;
+  c.d_model = integer("d_model");
+  c.n_heads = integer("encoder_attention_heads");
+  if (integer("decoder_attention_heads") != c.n_heads) {
+    throw bad("decoder_attention_heads", "encoder_attention_heads (" + std::to_string(c.n_heads) + "): one head count");
+  }
+  c.d_ff = integer("encoder_ffn_dim");
+  if (integer("decoder_ffn_dim") != c.d_ff) {
+    throw bad("decoder_ffn_dim", "encoder_ffn_dim (" + std::to_string(c.d_ff) + "): one feed-forward width");
+  }
+  c.n_encoder_layers = integer("encoder_layers");
+  c.n_decoder_layers = integer("decoder_layers");
+  c.src_vocab_size = integer("vocab_size");
+  c.tgt_vocab_size = marian ? integer("decoder_vocab_size", c.src_vocab_size) : c.src_vocab_size;
+  if (marian) {
+    // Shared embeddings are read off the weights (one table or two); the key only says what was trained.
+    boolean("share_encoder_decoder_embeddings", true);
+  }
+  {
+    const nlohmann::json* a = get("activation_function");
+    const std::string name = a ? (a->is_string() ? a->get<std::string>() : std::string("?")) : (m2m ? "relu" : "gelu");
+    if (name == "relu") c.activation_kind = activation::relu;
+    else if (name == "gelu") c.activation_kind = activation::gelu;
+    else if (name == "gelu_new" || name == "gelu_pytorch_tanh") c.activation_kind = activation::gelu_tanh;
+    else if (name == "swish" || name == "silu") c.activation_kind = activation::silu;
+    else throw bad("activation_function", "relu, gelu, gelu_new, gelu_pytorch_tanh, swish or silu");
+  }
+  c.norm_first = mbart || m2m;
+  c.encoder_final_norm = c.decoder_final_norm = mbart || m2m;
+  c.embedding_norm = bart || mbart;
+  c.layer_norm_eps = 1e-5;  // nn.LayerNorm's default, which these families use
+  c.scale_embedding = boolean("scale_embedding", m2m);
+  c.pad_id = static_cast<token_id>(integer("pad_token_id", marian ? std::nullopt : std::optional<index_t>(1)));
+  c.eos_id = static_cast<token_id>(integer("eos_token_id", 2));
+  const index_t max_pos = integer("max_position_embeddings", 1024);
+  if (bart || mbart) {
+    c.positional = positional_encoding::learned;
+    c.position_offset = 2;  // BartLearnedPositionalEmbedding: row = position + 2
+    c.max_positions = max_pos + 2;
+  } else {
+    c.positional = positional_encoding::sinusoidal;
+    c.sinusoidal = marian ? sinusoidal_variant::marian : sinusoidal_variant::tensor2tensor;
+    c.position_offset = marian ? 0 : c.pad_id + 1;  // M2M100: cumsum of non-pad tokens + padding_idx
+    c.max_positions = max_pos;
+  }
+  c.tie_output = boolean("tie_word_embeddings", true);  // the output projection is the decoder's embedding
+
+  // The decoder's first token and a forced first target token: generation_config.json wins, as in
+  // transformers' generate().
+  constexpr index_t none = -1;  // ids are never negative (validate() checks the range)
+  index_t start = none, forced = none;
+  if (const nlohmann::json* s = get("decoder_start_token_id")) {
+    if (!s->is_number_integer() || s->get<index_t>() < 0) throw bad("decoder_start_token_id", "a token id");
+    start = s->get<index_t>();
+  }
+  if (const nlohmann::json* f = get("forced_bos_token_id")) {
+    if (!f->is_number_integer() || f->get<index_t>() < 0) throw bad("forced_bos_token_id", "a token id or null");
+    forced = f->get<index_t>();
+  }
+  if (std::filesystem::exists(dir_ / "generation_config.json")) {
+    const std::string gfile = where("generation_config.json");
+    const nlohmann::json g = detail::read_json_file(dir_ / "generation_config.json");
+    if (!g.is_object()) throw config_error(gfile + ": expected a JSON object, got " + std::string(g.type_name()));
+    for (const char* key : {"decoder_start_token_id", "forced_bos_token_id"}) {
+      const auto it = g.find(key);
+      if (it == g.end()) continue;
+      index_t& target = std::string_view(key) == "forced_bos_token_id" ? forced : start;
+      if (it->is_null()) {
+        target = none;
+      } else if (it->is_number_integer() && it->get<index_t>() >= 0) {
+        target = it->get<index_t>();
+      } else {
+        throw config_error(gfile + ": " + key + ": " + detail::json_excerpt(*it) + ", expected a token id");
+      }
+    }
+  }
+  const index_t bos = integer("bos_token_id", none);
+  if (start == none) start = bos;  // transformers' generate() falls back to bos
+  if (start == none) {
+    throw config_error(file + ": decoder_start_token_id: missing (and no bos_token_id), expected the decoder's first token");
+  }
+  c.bos_id = static_cast<token_id>(start);
+  if (forced != none) c.forced_bos_id = static_cast<token_id>(forced);
+
+  for (const auto& [key, value] : j.items()) {
+    if (used.count(key) == 0 && eigenformer::detail::hf_ignored_keys().count(key) == 0) {
+      throw config_error(file + ": key '" + detail::text_excerpt(key) + "' (" +
+                         detail::json_excerpt(value) + ") is not supported for model_type " + model_type_);
+    }
+  }
+}
+
+inline void hf_directory::find_shards() {
+  const bool single = std::filesystem::exists(dir_ / "model.safetensors");
+  const bool sharded = std::filesystem::exists(dir_ / "model.safetensors.index.json");
+  if (single && sharded) {
+    throw format_error(dir_.string() + ": both model.safetensors and model.safetensors.index.json, expected one");
+  }
+  if (!single && !sharded) {
+    throw format_error(dir_.string() + ": no model.safetensors or model.safetensors.index.json (weights in "
+                       "pytorch_model.bin are not read: save with safe_serialization=True)");
+  }
+  if (single) {
+    const safetensors_file f(dir_ / "model.safetensors");
+    for (const auto& t : f.tensors()) shard_of_.emplace(t.name, "model.safetensors");
+    return;
+  }
+  const std::string file = where("model.safetensors.index.json");
+  const nlohmann::json index = detail::read_json_file(dir_ / "model.safetensors.index.json");
+  const auto map = index.is_object() ? index.find("weight_map") : index.end();
+  if (map == index.end() || !map->is_object()) throw format_error(file + ": weight_map: missing, expected an object");
+  for (const auto& [name, shard] : map->items()) {
+    if (!shard.is_string()) {
+      throw format_error(file + ": weight_map: '" + detail::text_excerpt(name) + "': " +
+                         detail::json_excerpt(shard) + ", expected a file name");
+    }
+    const std::string s = shard.get<std::string>();
+    if (s.empty() || s.find('/') != std::string::npos || s == "." || s == "..") {
+      throw format_error(file + ": weight_map: '" + detail::text_excerpt(name) + "': shard '" +
+                         detail::text_excerpt(s) + "', expected a file name in " + dir_.string());
+    }
+    shard_of_.emplace(name, s);
+  }
+}
+
+template <class Scalar>
+weight_map<Scalar> hf_directory::read_weights() const {
+  const model_config& c = config_;
+  const index_t d = c.d_model;
+  // The shards, each opened once; a tensor the index does not list is an error.
+  std::map<std::string, std::unique_ptr<safetensors_file>> shards;
+  for (const auto& [name, shard] : shard_of_) {
+    auto& f = shards[shard];
+    if (!f) {
+      f = std::make_unique<safetensors_file>(dir_ / shard);
+      for (const auto& t : f->tensors()) {
+        const auto it = shard_of_.find(t.name);
+        if (it == shard_of_.end() || it->second != shard) {
+          throw format_error(f->path().string() + ": tensor '" + detail::text_excerpt(t.name, 128) +
+                             "' is not listed for this shard in model.safetensors.index.json");
+        }
+      }
+    }
+    if (!f->contains(name)) {
+      throw format_error(f->path().string() + ": tensor '" + detail::text_excerpt(name, 128) +
+                         "' is missing (model.safetensors.index.json lists it in this shard)");
+    }
+  }
+  std::set<std::string> unused;
+  for (const auto& [name, shard] : shard_of_) unused.insert(name);
+
+  auto has = [&](const std::string& name) { return shard_of_.count(name) != 0; };
+  auto read = [&](const std::string& name, const tensor_shape& shape) {
+    const auto it = shard_of_.find(name);
+    if (it == shard_of_.end()) throw format_error(dir_.string() + ": tensor '" + name + "' is missing");
+    const safetensors_file& f = *shards.at(it->second);
+    check_shape(f.path().string() + ": tensor '" + name + "'", f.info(name).shape, shape.dims());
+    unused.erase(name);
+    return read_finite_tensor<Scalar>(f, name);
+  };
+  weight_map<Scalar> w(dir_.string());
+
+  // Embeddings (the constructor decided sharing from the names present).
+  if (c.share_embeddings) {
+    const std::string one = has("model.shared.weight") ? "model.shared.weight"
+                            : has("model.decoder.embed_tokens.weight") ? "model.decoder.embed_tokens.weight"
+                                                                        : "model.encoder.embed_tokens.weight";
+    w.insert("tgt_embed.weight", read(one, {c.tgt_vocab_size, d}));
+    // A copy under another name, if saved, is the same table: checked for shape, not kept.
+    for (const char* copy : {"model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"})
+      if (has(copy) && unused.count(copy)) read(copy, {c.tgt_vocab_size, d});
+  } else {
+    w.insert("src_embed.weight", read("model.encoder.embed_tokens.weight", {c.src_vocab_size, d}));
+    w.insert("tgt_embed.weight", read("model.decoder.embed_tokens.weight", {c.tgt_vocab_size, d}));
+    if (has("model.shared.weight")) read("model.shared.weight", {c.src_vocab_size, d});
+  }
+  if (!c.tie_output) {
+    w.insert("generator.weight", read("lm_head.weight", {c.tgt_vocab_size, d}));
+  } else if (has("lm_head.weight")) {
+    read("lm_head.weight", {c.tgt_vocab_size, d});  // tied: transformers replaces it by the embedding
+  }
+  if (has("final_logits_bias")) {
+    auto bias = read("final_logits_bias", {1, c.tgt_vocab_size});
+    tensor<Scalar> flat({c.tgt_vocab_size});
+    std::copy_n(bias.data(), c.tgt_vocab_size, flat.data());
+    w.insert("generator.bias", std::move(flat));
+  }
+
+  // Positions: learned tables (bart, mbart); Marian saves its sinusoidal table, which must be the one
+  // the model computes; M2M100 saves none.
+  for (const auto& [side, ours] : {std::pair<std::string, std::string>{"encoder", "src_pos.weight"}, {"decoder", "tgt_pos.weight"}}) {
+    const std::string name = "model." + side + ".embed_positions.weight";
+    if (c.positional == positional_encoding::learned) {
+      w.insert(ours, read(name, {c.max_positions, d}));
+    } else if (has(name)) {
+      const auto stored = read(name, {c.max_positions, d});
+      const auto table = sinusoidal_table<Scalar>(c.max_positions, d, c.sinusoidal, c.position_offset);
+      for (index_t i = 0; i < stored.size(); ++i) {
+        if (std::abs(double(stored.data()[i]) - double(table.data()[i])) > 1e-4) {
+          throw format_error(dir_.string() + ": tensor '" + name + "': row " + std::to_string(i / d) +
+                             " differs from the sinusoidal positions of model_type " + model_type_ +
+                             " (trained positions are not supported for it)");
+        }
+      }
+    }
+  }
+  auto norm = [&](const std::string& hf, const std::string& ours) {
+    w.insert(ours + ".weight", read(hf + ".weight", {d}));
+    w.insert(ours + ".bias", read(hf + ".bias", {d}));
+  };
+  auto linear = [&](const std::string& hf, const std::string& ours, index_t out, index_t in) {
+    w.insert(ours + ".weight", read(hf + ".weight", {out, in}));
+    w.insert(ours + ".bias", read(hf + ".bias", {out}));
+  };
+  // q, k and v stacked into one [3 d, d] projection: rows q, then k, then v (as nn.MultiheadAttention).
+  auto attention = [&](const std::string& hf, const std::string& ours) {
+    tensor<Scalar> in_w({3 * d, d}), in_b({3 * d});
+    index_t part = 0;
+    for (const char* p : {"q_proj", "k_proj", "v_proj"}) {
+      const auto wt = read(hf + "." + p + ".weight", {d, d});
+      const auto bs = read(hf + "." + p + ".bias", {d});
+      std::copy_n(wt.data(), d * d, in_w.data() + part * d * d);
+      std::copy_n(bs.data(), d, in_b.data() + part * d);
+      ++part;
+    }
+    w.insert(ours + ".in_proj_weight", std::move(in_w));
+    w.insert(ours + ".in_proj_bias", std::move(in_b));
+    linear(hf + ".out_proj", ours + ".out_proj", d, d);
+  };
+  if (c.embedding_norm) {
+    norm("model.encoder.layernorm_embedding", "transformer.encoder.embed_norm");
+    norm("model.decoder.layernorm_embedding", "transformer.decoder.embed_norm");
+  }
+  for (index_t i = 0; i < c.n_encoder_layers; ++i) {
+    const std::string hf = "model.encoder.layers." + std::to_string(i), ours = "transformer.encoder.layers." + std::to_string(i);
+    attention(hf + ".self_attn", ours + ".self_attn");
+    norm(hf + ".self_attn_layer_norm", ours + ".norm1");
+    linear(hf + ".fc1", ours + ".linear1", c.d_ff, d);
+    linear(hf + ".fc2", ours + ".linear2", d, c.d_ff);
+    norm(hf + ".final_layer_norm", ours + ".norm2");
+  }
+  for (index_t i = 0; i < c.n_decoder_layers; ++i) {
+    const std::string hf = "model.decoder.layers." + std::to_string(i), ours = "transformer.decoder.layers." + std::to_string(i);
+    attention(hf + ".self_attn", ours + ".self_attn");
+    norm(hf + ".self_attn_layer_norm", ours + ".norm1");
+    attention(hf + ".encoder_attn", ours + ".multihead_attn");
+    norm(hf + ".encoder_attn_layer_norm", ours + ".norm2");
+    linear(hf + ".fc1", ours + ".linear1", c.d_ff, d);
+    linear(hf + ".fc2", ours + ".linear2", d, c.d_ff);
+    norm(hf + ".final_layer_norm", ours + ".norm3");
+  }
+  if (c.encoder_final_norm) norm("model.encoder.layer_norm", "transformer.encoder.norm");
+  if (c.decoder_final_norm) norm("model.decoder.layer_norm", "transformer.decoder.norm");
+  if (!unused.empty()) {
+    const std::string& name = *unused.begin();
+    throw format_error((dir_ / shard_of_.at(name)).string() + ": unexpected tensor '" +
+                       detail::text_excerpt(name, 128) + "' for model_type " + model_type_ + " (" +
+                       std::to_string(unused.size()) + " tensor(s) not used)");
+  }
+  return w;
+}
+
+}  // namespace eigenformer::io
