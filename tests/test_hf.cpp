@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "fixture_util.hpp"
+#include "support/hf_fixtures.hpp"
 #include "test_util.hpp"
 
 namespace ef = eigenformer;
@@ -21,21 +22,6 @@ using ef::token_id;
 using namespace ef::testing;
 
 namespace {
-
-fs::path hf_root() { return fixture_root() / "hf"; }
-
-/// One sequence of ids a line.
-std::vector<std::vector<token_id>> id_lines(const fs::path& path) {
-  std::ifstream in(path);
-  EXPECT_TRUE(in) << path;
-  std::vector<std::vector<token_id>> lines;
-  for (std::string line; std::getline(in, line);) {
-    std::istringstream ids(line);
-    lines.emplace_back();
-    for (token_id id; ids >> id;) lines.back().push_back(id);
-  }
-  return lines;
-}
 
 // The cases transformers generated (folders holding config.json and reference outputs).
 const std::vector<std::string> cases = {"marian", "marian_unshared", "bart", "bart_scaled", "mbart", "m2m100"};
@@ -178,5 +164,65 @@ TEST(HuggingFace, BadDirectoriesNameTheFileAndKey) {
     const auto d = scratch_copy("marian", "noweights");
     fs::remove(d / "model.safetensors");
     expect(d, d.string() + ": no model.safetensors or model.safetensors.index.json");
+  }
+}
+
+namespace {
+/// beam4_nbest.txt: "source<TAB>score<TAB>ids" lines, best first.
+struct ranked {
+  index_t source = 0;
+  double score = 0;
+  std::vector<token_id> ids;
+};
+std::vector<ranked> nbest_lines(const fs::path& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in) << path;
+  std::vector<ranked> out;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream fields(line);
+    ranked r;
+    fields >> r.source >> r.score;
+    for (token_id id; fields >> id;) r.ids.push_back(id);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+}  // namespace
+
+// Beam search (4 beams, length penalty 1) equals transformers' generate(num_beams=4): with
+// early_stopping false (transformers' default heuristic) the best ids, and with num_return_sequences
+// 2 both hypotheses and their scores (transformers' sequences_scores, float32: 1e-5); with
+// early_stopping true (the default here, and CTranslate2's) the ids of generate(early_stopping=True).
+// Catches a search that stops at the first beam_size ended hypotheses when asked not to (marian),
+// one that never stops early, a score that counts the forced first token's log-probability (bart and
+// m2m100 then prefer long hypotheses) and n-best lists in another order.
+TEST(HuggingFace, BeamSearchEqualsTransformersInBothStoppingModes) {
+  for (const auto& name : cases) {
+    SCOPED_TRACE(name);
+    const fs::path dir = hf_root() / name;
+    const auto m = ef::load_model<float>(dir);
+    const auto src = ef::token_batch::from_sequences(id_lines(dir / "src.txt"));
+    ef::generation_options o;
+    o.max_new_tokens = max_new_tokens;
+    o.beam_size = 4;
+    o.num_return_sequences = 2;
+    o.early_stopping = false;
+    const auto heuristic = ef::generate(m, src, o);
+    o.early_stopping = true;
+    const auto early = ef::generate(m, src, o);
+    const auto best = id_lines(dir / "beam4.txt"), best_early = id_lines(dir / "beam4_early_stopping.txt");
+    const auto nbest = nbest_lines(dir / "beam4_nbest.txt");
+    ASSERT_EQ(heuristic.size(), best.size());
+    ASSERT_EQ(nbest.size(), 2 * best.size());
+    for (std::size_t b = 0; b < best.size(); ++b) {
+      EXPECT_EQ(heuristic[b].best().tokens, best[b]) << "source " << b;
+      EXPECT_EQ(early[b].best().tokens, best_early[b]) << "source " << b << " (early_stopping)";
+      for (std::size_t r = 0; r < 2; ++r) {
+        const auto& h = heuristic[b].hypotheses.at(r);
+        const auto& want = nbest.at(2 * b + r);
+        EXPECT_EQ(h.tokens, want.ids) << "source " << b << ", hypothesis " << r;
+        EXPECT_NEAR(h.score, want.score, 1e-5) << "source " << b << ", hypothesis " << r;
+      }
+    }
   }
 }

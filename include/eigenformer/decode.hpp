@@ -69,7 +69,12 @@ struct generation_options {
   std::vector<token_id> banned_tokens;  // never generated (nor allowed in `prefix`)
   index_t beam_size = 1;         // > 1: beam search (deterministic; no sampler)
   index_t num_return_sequences = 1;  // hypotheses returned per source, best first; at most beam_size
-  double length_penalty = 1.0;   // hypothesis::score = log_prob_sum / length^length_penalty
+  double length_penalty = 1.0;   // hypothesis::score divides by length^length_penalty
+  /// Beam search: true stops a source as soon as beam_size hypotheses have ended (transformers'
+  /// early_stopping=True; CTranslate2); false goes on while a live hypothesis might still beat the
+  /// worst of the beam_size best ended ones, judged as transformers' default does (early_stopping=
+  /// False): the best candidate's log-probability sum / its length^length_penalty.
+  bool early_stopping = true;
   const sampling::sampler* sampler = nullptr;  // cloned per sequence; nullptr: greedy
   std::uint64_t seed = 0;            // the one seed of sampling
   std::uint64_t stream_offset = 0;   // sequence b draws from random stream (seed, stream_offset + b)
@@ -95,7 +100,9 @@ inline constexpr alternative no_alternative{-1, -std::numeric_limits<double>::in
 struct hypothesis {
   std::vector<token_id> tokens;  // generated ids, forced prefix included, start and end token excluded
   double log_prob_sum = 0;       // sum of the model's log-probabilities of every step (end token included)
-  double score = 0;              // log_prob_sum / max(length, 1)^length_penalty: what beam search ranks
+  /// What beam search ranks: (log_prob_sum less the forced prefix's log-probabilities) /
+  /// max(length, 1)^length_penalty, the length counting the prefix (as transformers scores).
+  double score = 0;
   bool ended = false;            // stopped by an end token (not by max_new_tokens or the callback)
   std::vector<double> log_probs;          // [length] per step, when return_log_probs
   std::vector<alternative> alternatives;  // [length x return_alternatives], when return_alternatives > 0
@@ -337,6 +344,7 @@ class search {
     live_.reset(S, max_steps_, n_alt);
     spare_.reset(S, max_steps_, n_alt);
     finished_.reset(batch_ * finished_per_source(), max_steps_, n_alt);
+    if (!o_.early_stopping) best_.reset(K_, max_steps_, n_alt);
     n_finished_.assign(static_cast<std::size_t>(batch_), 0);
     alive_.assign(static_cast<std::size_t>(S), 0);
     for (index_t b = 0; b < batch_; ++b) alive_[static_cast<std::size_t>(b * K_)] = 1;  // one live beam to start
@@ -364,9 +372,45 @@ class search {
     }
   }
 
-  /// A source collects at most beam_size - 1 ended hypotheses before its last step, then at most
-  /// beam_size ended ones and beam_size live ones in that step.
+  /// With early_stopping a source collects at most beam_size - 1 ended hypotheses before its last
+  /// step, then at most beam_size ended ones and beam_size live ones in that step. Without, ended
+  /// hypotheses accumulate until compact() keeps the beam_size best.
   index_t finished_per_source() const noexcept { return 3 * K_; }
+
+  /// The log-probabilities of row r's forced prefix tokens (source b's), which beam search does not
+  /// rank by: every hypothesis of the source shares them, and transformers counts a forced token as
+  /// log-probability 0 (its processors leave it the only choice).
+  double prefix_sum(const hypothesis_rows& rows, index_t r, index_t b) const {
+    const index_t n = std::min(prefix_length(b), rows.length[static_cast<std::size_t>(r)]);
+    double s = 0;
+    for (index_t j = 0; j < n; ++j) s += rows.log_probs[static_cast<std::size_t>(r * rows.width + j)];
+    return s;
+  }
+  /// What beam search ranks row r by: (log_prob_sum - prefix_sum) / max(length, 1)^length_penalty.
+  double rank_score(const hypothesis_rows& rows, index_t r, index_t b) const {
+    const auto len = static_cast<double>(std::max<index_t>(rows.length[static_cast<std::size_t>(r)], 1));
+    return (rows.sum[static_cast<std::size_t>(r)] - prefix_sum(rows, r, b)) / std::pow(len, o_.length_penalty);
+  }
+  /// Sorts order_ to source b's finished rows, best first (ties: the earlier finished).
+  void rank_finished(index_t b) {
+    const index_t f0 = b * finished_per_source(), n = n_finished_[static_cast<std::size_t>(b)];
+    order_.clear();
+    for (index_t j = 0; j < n; ++j) order_.push_back(f0 + j);
+    std::sort(order_.begin(), order_.end(), [&](index_t x, index_t y) {
+      const double sx = rank_score(finished_, x, b), sy = rank_score(finished_, y, b);
+      return sx != sy ? sx > sy : x < y;
+    });
+  }
+  /// Keeps source b's beam_size best finished hypotheses (in rank order) and drops the others: what
+  /// the final ranking would choose among does not change, and the rows are bounded.
+  void compact(index_t b) {
+    rank_finished(b);
+    const index_t f0 = b * finished_per_source();
+    const index_t keep = std::min<index_t>(K_, static_cast<index_t>(order_.size()));
+    for (index_t j = 0; j < keep; ++j) best_.copy(j, finished_, order_[static_cast<std::size_t>(j)]);
+    for (index_t j = 0; j < keep; ++j) finished_.copy(f0 + j, best_, j);
+    n_finished_[static_cast<std::size_t>(b)] = keep;
+  }
 
   void step(std::vector<generation_result>& results) {
     // 1. Every live hypothesis of every unfinished source feeds its last token (or, first, the
@@ -479,6 +523,13 @@ class search {
     });
     const index_t first = b * K_;
     bool stopped = false;  // one beam: the callback asked to stop
+    // transformers' done test (early_stopping=false): the best candidate, ended or not, as a score.
+    double best_possible = -std::numeric_limits<double>::infinity();
+    if (!pool_.empty()) {
+      const index_t parent = first + pool_.front().beam;
+      const double len = static_cast<double>(live_.length[static_cast<std::size_t>(parent)] + 1);
+      best_possible = (pool_.front().score - prefix_sum(live_, parent, b)) / std::pow(len, o_.length_penalty);
+    }
     chosen_.clear();
     for (std::size_t rank = 0; rank < pool_.size() && static_cast<index_t>(chosen_.size()) < K_; ++rank) {
       const expansion& e = pool_[rank];
@@ -489,6 +540,7 @@ class search {
       }
       if (is_end(e.token)) {
         if (static_cast<index_t>(rank) < K_) {  // an end token counts only among the K best
+          if (n_finished_[static_cast<std::size_t>(b)] == finished_per_source()) compact(b);
           const index_t f = b * finished_per_source() + n_finished_[static_cast<std::size_t>(b)]++;
           finished_.copy(f, live_, parent);
           finished_.push(f, e.token, e.log_prob, alts_of(parent));
@@ -516,7 +568,13 @@ class search {
     }
     for (index_t k = static_cast<index_t>(chosen_.size()); k < K_; ++k) alive_[static_cast<std::size_t>(first + k)] = 0;
 
-    if (n_finished_[static_cast<std::size_t>(b)] >= K_) {
+    const index_t ended = n_finished_[static_cast<std::size_t>(b)];
+    bool done = ended >= K_ && o_.early_stopping;
+    if (ended >= K_ && !o_.early_stopping) {  // done when no candidate can beat the K-th best ended
+      rank_finished(b);
+      done = rank_score(finished_, order_[static_cast<std::size_t>(K_ - 1)], b) >= best_possible;
+    }
+    if (done) {
       finish(b, /*with_live=*/false, results);
     } else if (chosen_.empty() || stopped || live_.length[static_cast<std::size_t>(first)] >= max_steps_) {
       finish(b, /*with_live=*/true, results);
@@ -538,6 +596,7 @@ class search {
   void finish(index_t b, bool with_live, std::vector<generation_result>& results) {
     const index_t first = b * K_, f0 = b * finished_per_source();
     auto& n = n_finished_[static_cast<std::size_t>(b)];
+    if ((with_live || n == 0) && n + K_ > finished_per_source()) compact(b);
     if (with_live || n == 0) {
       for (index_t k = 0; k < K_ && n < finished_per_source(); ++k)
         if (alive_[static_cast<std::size_t>(first + k)]) finished_.copy(f0 + n++, live_, first + k);
@@ -545,16 +604,7 @@ class search {
     for (index_t k = 0; k < K_; ++k) alive_[static_cast<std::size_t>(first + k)] = 0;
     --live_sources_;
 
-    const auto score = [&](index_t f) {
-      const auto len = static_cast<double>(std::max<index_t>(finished_.length[static_cast<std::size_t>(f)], 1));
-      return finished_.sum[static_cast<std::size_t>(f)] / std::pow(len, o_.length_penalty);
-    };
-    order_.clear();
-    for (index_t j = 0; j < n; ++j) order_.push_back(f0 + j);
-    std::sort(order_.begin(), order_.end(), [&](index_t x, index_t y) {  // ties: the earlier finished
-      const double sx = score(x), sy = score(y);
-      return sx != sy ? sx > sy : x < y;
-    });
+    rank_finished(b);
     auto& out = results[static_cast<std::size_t>(b)].hypotheses;
     const index_t keep = std::min<index_t>(o_.num_return_sequences, n);
     out.resize(static_cast<std::size_t>(keep));
@@ -565,7 +615,7 @@ class search {
       h.ended = finished_.ended[static_cast<std::size_t>(f)] != 0;
       h.tokens.assign(steps.begin(), steps.end() - (h.ended ? 1 : 0));
       h.log_prob_sum = finished_.sum[static_cast<std::size_t>(f)];
-      h.score = score(f);
+      h.score = rank_score(finished_, f, b);
       if (o_.return_log_probs) {
         const auto lp = finished_.log_probs.begin() + f * finished_.width;
         h.log_probs.assign(lp, lp + static_cast<std::ptrdiff_t>(steps.size()));
@@ -593,6 +643,7 @@ class search {
   tensor<Scalar> logits_;                // [rows of the largest step, V]
   hypothesis_rows live_, spare_;          // [batch x K] live hypotheses, and room to reorder them
   hypothesis_rows finished_;              // [batch x 3K] finished hypotheses, source b from row 3 K b
+  hypothesis_rows best_;                  // [K]: compact()'s room (early_stopping false only)
   std::vector<index_t> n_finished_;       // [batch]
   std::vector<char> alive_;               // [batch x K] live slots
   index_t live_sources_ = 0;

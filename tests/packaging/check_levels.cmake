@@ -5,7 +5,7 @@
 #   L3 attention, layers/*              L4 model
 #   S  sampling/*  -> L0..L2 and S       L5 decode -> everything but io
 #   IO io/safetensors, io/npy -> L0..L1
-#   IO_SOURCE io/finite_read, io/hf_directory (weights under the model's names) -> L0..L2 and IO
+#   IO_SOURCE io/finite_read, io/hf_directory, io/ct2_directory (weights under the model's names) -> L0..L2 and IO
 #   io/model_loader -> everything but decode and sampling
 #   the umbrella eigenformer.hpp, and extern_templates.hpp (declares instantiations of decode and
 #   io/model_loader alike), may include anything.
@@ -27,7 +27,7 @@ function(level_of path out)
     set(${out} 5 PARENT_SCOPE)
   elseif(path MATCHES "^io/model_loader\\.hpp$")
     set(${out} IO_LOADER PARENT_SCOPE)
-  elseif(path MATCHES "^io/(finite_read|hf_directory)\\.hpp$")
+  elseif(path MATCHES "^io/(finite_read|hf_directory|ct2_directory)\\.hpp$")
     set(${out} IO_SOURCE PARENT_SCOPE)
   elseif(path MATCHES "^io/")
     set(${out} IO PARENT_SCOPE)

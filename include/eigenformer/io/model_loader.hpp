@@ -1,5 +1,6 @@
 // eigenformer/io/model_loader.hpp: load_model<Scalar>(path), the one place that knows both the
-// sources of a model (our file, io/safetensors.hpp; a Hugging Face directory, io/hf_directory.hpp)
+// sources of a model (our file, io/safetensors.hpp; a Hugging Face directory, io/hf_directory.hpp;
+// a CTranslate2 directory, io/ct2_directory.hpp)
 // and the model (model.hpp).
 //
 //   auto m = eigenformer::load_model<float>("model.safetensors");
@@ -24,6 +25,7 @@
 #include "../config.hpp"
 #include "../model.hpp"
 #include "../weights.hpp"
+#include "ct2_directory.hpp"
 #include "finite_read.hpp"
 #include "hf_directory.hpp"
 #include "safetensors.hpp"
@@ -56,10 +58,16 @@ weight_map<Scalar> read_weights(const io::safetensors_file& file) {
 }
 
 /// Loads the model at `path` for inference in Scalar: an eigenformer .safetensors file
-/// (docs/model-format.md) or a Hugging Face model directory (io/hf_directory.hpp), told apart by
+/// (docs/model-format.md), a Hugging Face model directory (io/hf_directory.hpp) or a CTranslate2
+/// directory (io/ct2_directory.hpp: a folder holding model.bin), told apart by
 /// what is there, not by the name.
 template <class Scalar>
 model<Scalar> load_model(const std::filesystem::path& path) {
+  if (io::is_ct2_directory(path)) {  // model.bin: CTranslate2 (its config.json is not Hugging Face's)
+    const io::ct2_directory dir(path);
+    weight_map<Scalar> weights = dir.read_weights<Scalar>();
+    return model<Scalar>(dir.config(), weights);
+  }
   if (io::is_hf_directory(path)) {
     const io::hf_directory dir(path);
     weight_map<Scalar> weights = dir.read_weights<Scalar>();

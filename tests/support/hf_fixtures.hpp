@@ -1,0 +1,34 @@
+// Test helpers for tests/fixtures/hf (tools/hf/make_hf_fixtures.py; its README gives the layout):
+// the folder, and its text files of token ids.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <eigenformer/types.hpp>
+
+#include "../fixture_util.hpp"
+
+namespace eigenformer::testing {
+
+inline std::filesystem::path hf_root() { return fixture_root() / "hf"; }
+
+/// One sequence of ids a line.
+inline std::vector<std::vector<token_id>> id_lines(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in) << path;
+  std::vector<std::vector<token_id>> lines;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream ids(line);
+    lines.emplace_back();
+    for (token_id id; ids >> id;) lines.back().push_back(id);
+  }
+  return lines;
+}
+
+}  // namespace eigenformer::testing
