@@ -88,7 +88,9 @@ std::vector<std::vector<token_id>> unstopped(const ef::model<S>& m, index_t n) {
 }
 
 /// Reference beam search, written for clarity: every hypothesis re-scored from scratch. Returns
-/// every finished hypothesis, best normalised score first (ties: the earlier finished).
+/// every finished hypothesis, best normalised score first (ties: the earlier finished). With
+/// `early_stopping` it stops at K ended hypotheses; without, once the K-th best ended one scores at
+/// least the step's best candidate scored as if it ended there (transformers' heuristic).
 struct ref_hyp {
   std::vector<token_id> tokens;  // end token excluded
   double sum = 0;
@@ -98,7 +100,9 @@ struct ref_hyp {
 };
 template <class S>
 std::vector<ref_hyp> reference_beam(const ef::model<S>& m, const std::vector<token_id>& src, index_t K, index_t max_new,
-                                    double alpha) {
+                                    double alpha, bool early_stopping = true, std::vector<token_id> ends = {}) {
+  if (ends.empty()) ends = {m.config().eos_id};
+  const auto normalised = [alpha](double sum, index_t length) { return sum / std::pow(double(std::max<index_t>(length, 1)), alpha); };
   std::vector<ref_hyp> live{{}}, done;
   for (index_t step = 0; step < max_new && !live.empty(); ++step) {
     struct cand {
@@ -123,7 +127,7 @@ std::vector<ref_hyp> reference_beam(const ef::model<S>& m, const std::vector<tok
       ref_hyp h = live[std::size_t(all[std::size_t(r)].beam)];
       h.sum = all[std::size_t(r)].score;
       h.length += 1;
-      if (all[std::size_t(r)].tok == m.config().eos_id) {
+      if (std::find(ends.begin(), ends.end(), all[std::size_t(r)].tok) != ends.end()) {
         h.ended = true;
         if (r < K) done.push_back(h);
         continue;
@@ -132,10 +136,16 @@ std::vector<ref_hyp> reference_beam(const ef::model<S>& m, const std::vector<tok
       next.push_back(h);
     }
     live = next;
-    if (index_t(done.size()) >= K) break;
+    if (index_t(done.size()) >= K) {
+      if (early_stopping) break;
+      std::vector<double> scores;
+      for (const auto& h : done) scores.push_back(normalised(h.sum, h.length));
+      std::sort(scores.rbegin(), scores.rend());
+      if (scores[std::size_t(K - 1)] >= normalised(all.front().score, step + 1)) break;
+    }
     if (step + 1 == max_new) done.insert(done.end(), live.begin(), live.end());
   }
-  for (auto& h : done) h.score = h.sum / std::pow(double(std::max<index_t>(h.length, 1)), alpha);
+  for (auto& h : done) h.score = normalised(h.sum, h.length);
   std::stable_sort(done.begin(), done.end(), [](const ref_hyp& a, const ref_hyp& b) { return a.score > b.score; });
   return done;
 }
@@ -191,21 +201,29 @@ TYPED_TEST(DecodeTest, GreedyEqualsFullRecomputation) {
 
 TYPED_TEST(DecodeTest, BeamSearchNBestEqualsReference) {
   // Catches: wrong parents after a reorder (cache or token history), end tokens counted outside
-  // the K best, early stopping at the wrong time, length penalty on the wrong length, n-best
-  // lists in the wrong order or with the wrong scores, K = 1 diverging from greedy.
+  // the K best, early stopping at the wrong time (in either mode), length penalty on the wrong
+  // length, n-best lists in the wrong order or with the wrong scores, K = 1 diverging from greedy,
+  // and (without early stopping, 24 steps with 5 of the 13 tokens ending a hypothesis: more ended
+  // hypotheses than the 3 K rows hold) a compaction that loses one of the K best.
   using S = TypeParam;
+  for (bool early : {true, false})
   for (index_t K : {1, 2, 3}) {
     for (double alpha : {0.0, 1.0}) {
       fixture<S> f(decode_config(K == 3), 21);
+      const index_t steps = early ? 8 : 24;
       ef::generation_options o;
-      o.max_new_tokens = 8;
+      o.max_new_tokens = steps;
       o.beam_size = K;
       o.num_return_sequences = K;
       o.length_penalty = alpha;
+      o.early_stopping = early;
+      const std::vector<token_id> ends = early ? std::vector<token_id>{} : std::vector<token_id>{f.c.eos_id, 3, 5, 7, 9};
+      o.end_tokens = ends;
       const auto results = ef::generate(f.m, ef::token_batch::from_sequences(sources), o);
       for (std::size_t b = 0; b < sources.size(); ++b) {
-        SCOPED_TRACE("K=" + std::to_string(K) + " alpha=" + std::to_string(alpha) + " sequence " + std::to_string(b));
-        const auto ref = reference_beam(f.m, sources[b], K, 8, alpha);
+        SCOPED_TRACE("K=" + std::to_string(K) + " alpha=" + std::to_string(alpha) + " early_stopping=" +
+                     std::to_string(early) + " sequence " + std::to_string(b));
+        const auto ref = reference_beam(f.m, sources[b], K, steps, alpha, early, ends);
         const auto& got = results[b].hypotheses;
         ASSERT_EQ(got.size(), std::min<std::size_t>(std::size_t(K), ref.size()));
         for (std::size_t j = 0; j < got.size(); ++j) {
@@ -216,7 +234,7 @@ TYPED_TEST(DecodeTest, BeamSearchNBestEqualsReference) {
           EXPECT_NEAR(got[j].score, ref[j].score, 1e-4);
         }
         if (K == 1) {
-          EXPECT_EQ(got[0].tokens, reference_greedy(f.m, sources[b], 8));
+          EXPECT_EQ(got[0].tokens, reference_greedy(f.m, sources[b], steps, {}, {}, ends));
         }
       }
     }

@@ -225,7 +225,8 @@ inline std::uint64_t search_bytes(const generation_options& o, const model_confi
   // One hypothesis row: per step a token, a log-probability and its alternatives; plus its counters.
   const std::uint64_t row = sat_add(sat_mul(u64(max_steps), sat_add(sizeof(token_id) + sizeof(double), sat_mul(alts, sizeof(alternative)))),
                                     sizeof(index_t) + sizeof(double) + 1);
-  std::uint64_t total = sat_mul(row, sat_add(sat_mul(slots, 2), sat_mul(slots, 3)));  // live + spare, finished (3 per slot)
+  // live + spare, finished (3 per slot), compact()'s K rows
+  std::uint64_t total = sat_mul(row, sat_add(sat_add(sat_mul(slots, 2), sat_mul(slots, 3)), K));
   total = sat_add(total, sat_mul({std::max(slots, u64(first_tokens)), u64(c.tgt_vocab_size), scalar_size}));  // logits
   total = sat_add(total, sat_mul({2, K, K, sizeof(double) + 2 * sizeof(index_t) + sizeof(double)}));  // a source's candidates
   total = sat_add(total, sat_mul({slots, sat_add(alts, 1), sizeof(alternative)}));
@@ -344,7 +345,7 @@ class search {
     live_.reset(S, max_steps_, n_alt);
     spare_.reset(S, max_steps_, n_alt);
     finished_.reset(batch_ * finished_per_source(), max_steps_, n_alt);
-    if (!o_.early_stopping) best_.reset(K_, max_steps_, n_alt);
+    best_.reset(K_, max_steps_, n_alt);
     n_finished_.assign(static_cast<std::size_t>(batch_), 0);
     alive_.assign(static_cast<std::size_t>(S), 0);
     for (index_t b = 0; b < batch_; ++b) alive_[static_cast<std::size_t>(b * K_)] = 1;  // one live beam to start
@@ -643,7 +644,7 @@ class search {
   tensor<Scalar> logits_;                // [rows of the largest step, V]
   hypothesis_rows live_, spare_;          // [batch x K] live hypotheses, and room to reorder them
   hypothesis_rows finished_;              // [batch x 3K] finished hypotheses, source b from row 3 K b
-  hypothesis_rows best_;                  // [K]: compact()'s room (early_stopping false only)
+  hypothesis_rows best_;                  // [K]: compact()'s room
   std::vector<index_t> n_finished_;       // [batch]
   std::vector<char> alive_;               // [batch x K] live slots
   index_t live_sources_ = 0;
