@@ -282,40 +282,59 @@ std::optional<efs::chain> sampler_chain(const options& o, bool draw_by_default) 
   }
 }
 
-int run_info(const options& o) {
-  const std::string path = o.required("model");
-  // The model's files: our one file, or a Hugging Face directory's weight files.
+/// One stored tensor, as info lists it.
+struct stored_tensor {
+  std::string name, dtype, shape;
+};
+
+/// What the model at `path` stores, and what kind of source it is: our file, a Hugging Face
+/// directory's weight files or a CTranslate2 model.bin (told apart as load_model tells them).
+std::vector<stored_tensor> stored_tensors(const std::string& path, std::string& kind) {
+  std::vector<stored_tensor> out;
+  if (ef::io::is_ct2_directory(path)) {
+    const ef::io::ct2_directory dir(path);
+    kind = "CTranslate2 " + dir.file().spec();
+    static const char* const names[] = {"float32", "int8", "int16", "int32", "float16", "bfloat16"};
+    for (const auto& [name, v] : dir.file().variables()) {
+      const std::vector<index_t> dims(v.dims.begin(), v.dims.end());
+      out.push_back({name, v.dtype < 6 ? names[v.dtype] : "?", ef::shape_string(dims)});
+    }
+    return out;
+  }
   std::vector<ef::io::safetensors_file> files;
-  std::string kind = "eigenformer";
   if (ef::io::is_hf_directory(path)) {
     const ef::io::hf_directory dir(path);
     kind = "Hugging Face " + dir.model_type();
     for (const auto& f : dir.files()) files.emplace_back(f);
   } else {
+    kind = "eigenformer";
     files.emplace_back(path);
   }
+  for (const auto& file : files)
+    for (const auto& t : file.tensors())
+      out.push_back({t.name, std::string(ef::io::dtype_name(t.type)), ef::shape_string(t.shape)});
+  return out;
+}
+
+int run_info(const options& o) {
+  const std::string path = o.required("model");
+  std::string kind;
+  const auto tensors = stored_tensors(path, kind);
   const auto m = ef::load_model<float>(path);
-  const auto& config = m.config();
   std::map<std::string, index_t> dtypes;
-  std::size_t count = 0;
+  for (const auto& t : tensors) ++dtypes[t.dtype];
   std::ostringstream out;  // written at once: a failed write is seen with its reason (errno)
-  for (const auto& file : files) {
-    for (const auto& t : file.tensors()) ++dtypes[std::string(ef::io::dtype_name(t.type))];
-    count += file.tensors().size();
-  }
   out << "model: " << path << " (" << kind << ")\n";
-  out << "config: " << config.to_json().dump(2) << "\n";
+  out << "config: " << m.config().to_json().dump(2) << "\n";
   out << "parameters: " << m.parameter_count() << "\n";
-  out << "tensors: " << count << " (";
+  out << "tensors: " << tensors.size() << " (";
   bool first = true;
   for (const auto& [name, count] : dtypes) {
     out << (first ? "" : ", ") << name << ": " << count;
     first = false;
   }
   out << ")\n";
-  for (const auto& file : files)
-    for (const auto& t : file.tensors())
-      out << "  " << t.name << " " << ef::io::dtype_name(t.type) << " " << ef::shape_string(t.shape) << "\n";
+  for (const auto& t : tensors) out << "  " << t.name << " " << t.dtype << " " << t.shape << "\n";
   write_stdout(out.str());
   finish_stdout();
   return 0;

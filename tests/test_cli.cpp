@@ -538,8 +538,9 @@ TEST(Cli, OutFollowsLinksAndKeepsReadOnlyFiles) {
 
 // --model takes a Hugging Face directory: generate prints transformers' greedy ids (the forced first
 // token of m2m100 included, as it prints a --target-prefix-file's), score writes its teacher-forced
-// log-probabilities, info names the family. Catches a tool that only opens files, or that loses the
-// config's forced_bos_token_id on the way to generate().
+// log-probabilities, info names the family; and a CTranslate2 directory. Catches a tool that only
+// opens files, that loses the config's forced_bos_token_id on the way to generate(), or that takes a
+// CTranslate2 folder's config.json for Hugging Face's.
 TEST(Cli, HuggingFaceDirectories) {
   for (const std::string name : {"marian", "m2m100"}) {
     const std::string dir = (fixture_root() / "hf" / name).string();
@@ -557,4 +558,16 @@ TEST(Cli, HuggingFaceDirectories) {
   ASSERT_EQ(info.status, 0) << info.err;
   EXPECT_NE(info.out.find("(Hugging Face bart)"), std::string::npos) << info.out;
   EXPECT_NE(info.out.find("model.encoder.layernorm_embedding.weight F32 [16]"), std::string::npos) << info.out;
+  // A CTranslate2 folder (it holds a config.json too, which is not Hugging Face's): info names the
+  // spec and lists model.bin's variables; generate prints CTranslate2's own greedy ids.
+  const std::string ct2 = (fixture_root() / "hf" / "marian_ct2_float32").string();
+  const auto ct2_info = run("info --model " + ct2);
+  ASSERT_EQ(ct2_info.status, 0) << ct2_info.err;
+  EXPECT_NE(ct2_info.out.find("(CTranslate2 TransformerSpec)"), std::string::npos) << ct2_info.out;
+  EXPECT_NE(ct2_info.out.find("  encoder/layer_0/self_attention/linear_0/weight float32 [48, 16]"), std::string::npos)
+      << ct2_info.out;
+  const auto ct2_gen = run("generate --model " + ct2 + " --src-file " + (fixture_root() / "hf" / "marian" / "src.txt").string() +
+                           " --max-new-tokens 20");
+  ASSERT_EQ(ct2_gen.status, 0) << ct2_gen.err;
+  EXPECT_EQ(ct2_gen.out, read_file(ct2 + "/ct2_greedy.txt"));
 }
