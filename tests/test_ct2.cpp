@@ -173,13 +173,7 @@ TEST(CTranslate2, Int8GreedyIdsEqualCTranslate2WhereTheMarginAllows) {
 
 namespace {
 
-fs::path scratch_copy(const std::string& name, const std::string& as) {
-  const fs::path dst = fs::path(EIGENFORMER_TEST_TMP) / "ct2" / as;
-  fs::remove_all(dst);
-  fs::create_directories(dst.parent_path());
-  fs::copy(hf_root() / name, dst, fs::copy_options::recursive);
-  return dst;
-}
+fs::path scratch_copy(const std::string& name, const std::string& as) { return ef::testing::scratch_copy(name, "ct2", as); }
 
 std::string bytes_of(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

@@ -87,14 +87,7 @@ TEST(HuggingFace, ShardedCheckpointEqualsTheSingleFile) {
 }
 
 namespace {
-/// A copy of fixture folder `name` in this test's scratch space, whose config.json (text) `edit` may change.
-fs::path scratch_copy(const std::string& name, const std::string& as) {
-  const fs::path dst = fs::path(EIGENFORMER_TEST_TMP) / "hf" / as;
-  fs::remove_all(dst);
-  fs::create_directories(dst.parent_path());
-  fs::copy(hf_root() / name, dst, fs::copy_options::recursive);
-  return dst;
-}
+fs::path scratch_copy(const std::string& name, const std::string& as) { return ef::testing::scratch_copy(name, "hf", as); }
 void replace_in(const fs::path& file, const std::string& from, const std::string& to) {
   std::string text = read_file(file);
   const auto at = text.find(from);

@@ -31,4 +31,14 @@ inline std::vector<std::vector<token_id>> id_lines(const std::filesystem::path& 
   return lines;
 }
 
+/// A fresh copy of fixture folder `name` at tmp/<area>/<as>, for a test to damage.
+inline std::filesystem::path scratch_copy(const std::string& name, const std::string& area, const std::string& as) {
+  namespace fs = std::filesystem;
+  const fs::path dst = fs::path(EIGENFORMER_TEST_TMP) / area / as;
+  fs::remove_all(dst);
+  fs::create_directories(dst.parent_path());
+  fs::copy(hf_root() / name, dst, fs::copy_options::recursive);
+  return dst;
+}
+
 }  // namespace eigenformer::testing
