@@ -290,6 +290,29 @@ void layer_norm(const Eigen::MatrixBase<X>& x, std::span<const typename X::Scala
   }
 }
 
+/// y = RMSNorm(x) per row: x / sqrt(mean(x^2) + eps) * weight, transformers' LlamaRMSNorm (and
+/// T5LayerNorm): no mean subtracted, no bias. x, y [n, d], weight [d]; y may be x (in place).
+/// Computed in LlamaRMSNorm's order, (x * rsqrt(mean(x^2) + eps)) * weight: normalising first and
+/// scaling last rounds like it does; eps inside the square root. The mean of squares is taken in
+/// Scalar, as LlamaRMSNorm takes it in float32; in double it stays double (LlamaRMSNorm itself
+/// casts float64 input to float32, tests/fixtures/blocks/README.md).
+template <class X, class Y>
+void rms_norm(const Eigen::MatrixBase<X>& x, std::span<const typename X::Scalar> weight, typename X::Scalar eps,
+              const Eigen::MatrixBase<Y>& y_) {
+  using Scalar = typename X::Scalar;
+  Y& y = detail::writable(y_);
+  const index_t d = x.cols();
+  detail::check_dims("rms_norm", "output", y.rows(), y.cols(), x.rows(), d);
+  detail::check_length("rms_norm", "weight", static_cast<index_t>(weight.size()), d);
+  if (d == 0) return;
+  const auto w = const_vector_view<Scalar>(weight.data(), d).transpose().array();
+  for (index_t i = 0; i < x.rows(); ++i) {
+    const Scalar mean_square = x.row(i).squaredNorm() / static_cast<Scalar>(d);
+    const Scalar inv = Scalar(1) / std::sqrt(mean_square + eps);
+    y.row(i) = ((x.row(i).array() * inv) * w).matrix();
+  }
+}
+
 /// In place: x = max(x, 0).
 template <class X>
 void relu(const Eigen::MatrixBase<X>& x_) {
@@ -323,6 +346,18 @@ void silu(const Eigen::MatrixBase<X>& x_) {
   X& x = detail::writable(x_);
   using Scalar = typename X::Scalar;
   x = (x.array() / (Scalar(1) + (-x.array()).exp())).matrix();
+}
+
+/// In place: g = silu(g) * u = g / (1 + exp(-g)) * u, the gate of a SwiGLU feed-forward block
+/// (transformers' LlamaMLP: act_fn(gate_proj(x)) * up_proj(x), act_fn = silu). g and u [n, d_ff];
+/// they may be column blocks of one buffer (the gate and up projections side by side).
+template <class G, class U>
+void silu_mul(const Eigen::MatrixBase<G>& g_, const Eigen::MatrixBase<U>& u) {
+  G& g = detail::writable(g_);
+  using Scalar = typename G::Scalar;
+  detail::check_dims("silu_mul", "up", u.rows(), u.cols(), g.rows(), g.cols());
+  // silu first, then the product, in LlamaMLP's order (one rounding each, as torch).
+  g = ((g.array() / (Scalar(1) + (-g.array()).exp())) * u.array()).matrix();
 }
 
 /// out[i] = table[ids[i]] * scale: the embedding lookup. table [vocab, d], out [ids.size(), d].
