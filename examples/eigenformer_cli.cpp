@@ -5,6 +5,7 @@
 //   eigenformer generate --model M --src-file S [--max-new-tokens N] [sampling options] [--beam-size K]
 //                        [--length-penalty A] [--target-prefix-file P] [--batch-size B] [--threads N]
 //                        [--max-cache-bytes SIZE]
+//   eigenformer translate --model DIR [--src-file S] [--src-lang L] [--tgt-lang L] [options of generate]
 //   eigenformer sample   --logits L.npy --n N [sampling options]
 //   sampling options: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --seed S
 //
@@ -23,6 +24,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <limits>
 #include <map>
@@ -36,6 +38,10 @@
 #include <unistd.h>
 
 #include "token_file.hpp"
+
+#if EIGENFORMER_HAVE_TEXT
+#include <eigenformer/text/translator.hpp>
+#endif
 
 namespace ef = eigenformer;
 namespace efs = eigenformer::sampling;
@@ -58,6 +64,7 @@ const char* const usage_text =
     "  score     --model M --src-file S --tgt-file T --out O.npy\n"
     "                                                        teacher-forced log-probabilities [B, T_max, V]\n"
     "  generate  --model M --src-file S                      decode every line of S, print one line of ids each\n"
+    "  translate --model DIR [--src-file S]                  text in, text out, with the model's own tokenizer\n"
     "  sample    --logits L.npy --n N                        draw N tokens from logits [V], print V counts\n"
     "\n"
     "run 'eigenformer <command> --help' for the options of a command\n";
@@ -95,6 +102,18 @@ const std::map<std::string, std::string> command_help = {
      "  --max-cache-bytes SIZE    the most memory the KV cache and the search of one batch may take, checked\n"
      "                            before anything is allocated (default 16GiB; units kB MB GB TB KiB MiB GiB TiB)\n"
      "  Sampling options apply in the order temperature, top-k, top-p, min-p, then a draw.\n"},
+    {"translate",
+     "usage: eigenformer translate --model DIR [--src-file S] [--src-lang L] [--tgt-lang L] [options of generate]\n"
+     "  Text in, text out: reads lines from S (default: standard input), tokenizes each with the model's own\n"
+     "  tokenizer files (Hugging Face directory, or a CTranslate2 one with them copied beside model.bin:\n"
+     "  tokenizer_config.json and the SentencePiece models), generates as generate does, and prints one\n"
+     "  detokenized line per input line, in order (special tokens dropped).\n"
+     "  --src-lang L   source language of a multilingual model: en (M2M100), en_XX (mBART), eng_Latn (NLLB);\n"
+     "                 default tokenizer_config.json's src_lang\n"
+     "  --tgt-lang L   target language: mBART starts the decoder from it, M2M100 and NLLB force it as the\n"
+     "                 first token; default the model's own, else tokenizer_config.json's tgt_lang\n"
+     "  Marian models take neither: a multilingual one reads a '>>xx<<' token opening the text.\n"
+     "  Every option of generate applies (--target-prefix-file: token ids, replacing the language's prefix).\n"},
     {"sample",
      "usage: eigenformer sample --logits L.npy --n N [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]\n"
      "  Applies the sampler chain to logits [V] (float32 or float64 .npy) and draws N tokens; prints one line\n"
@@ -109,6 +128,9 @@ const std::map<std::string, std::set<std::string>> command_options = {
     {"generate",
      {"model", "src-file", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "seed", "beam-size",
       "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes"}},
+    {"translate",
+     {"model", "src-file", "src-lang", "tgt-lang", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "seed",
+      "beam-size", "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes"}},
     {"sample",
      {"logits", "n", "temperature", "top-k", "top-p", "min-p", "seed", "length-penalty", "batch-size", "threads"}},
 };
@@ -395,10 +417,8 @@ std::vector<ef::generation_result> generate_lines(const ef::model<float>& m, con
   }
 }
 
-int run_generate(const options& o) {
-  const std::string model_path = o.required("model"), src_path = o.required("src-file");
-  apply_threads(o);
-  const auto chain = sampler_chain(o, /*draw_by_default=*/false);
+/// The generation options of the command line (all but the prefix file); `chain` must outlive them.
+ef::generation_options generation_from(const options& o, const std::optional<efs::chain>& chain) {
   ef::generation_options g;
   if (const auto n = o.number<index_t>("max-new-tokens")) {
     if (*n < 1) throw usage_error("--max-new-tokens: " + std::to_string(*n) + ", expected 1 or more");
@@ -413,57 +433,141 @@ int run_generate(const options& o) {
   if (const auto seed = o.number<std::uint64_t>("seed")) g.seed = *seed;
   if (chain) g.sampler = &*chain;
   if (const auto limit = o.bytes("max-cache-bytes")) g.max_cache_bytes = *limit;
-  const index_t B = batch_size(o, 32);
-  const auto src = read_token_file(src_path);
-  std::optional<std::string> prefix_path;
-  std::vector<std::vector<token_id>> prefixes;  // one per source line, or none
-  if (o.has("target-prefix-file")) {
-    prefix_path = o.required("target-prefix-file");
-    prefixes = read_token_file(*prefix_path);
-    if (prefixes.size() != src.size()) {
-      throw ef::format_error(*prefix_path + ": " + std::to_string(prefixes.size()) + " lines, expected " +
-                             std::to_string(src.size()) + " (one per line of " + src_path + ")");
-    }
+  return g;
+}
+
+/// --target-prefix-file, read and checked against `lines` source lines and the model: one line per
+/// source line, each at most --max-new-tokens ids of the target vocabulary, none the end token.
+/// Empty when the option is not given.
+std::vector<std::vector<token_id>> read_prefixes(const options& o, std::size_t lines, const std::string& src_name,
+                                                 const ef::model_config& c, const ef::generation_options& g) {
+  if (!o.has("target-prefix-file")) return {};
+  const std::string path = o.required("target-prefix-file");
+  auto prefixes = read_token_file(path);
+  if (prefixes.size() != lines) {
+    throw ef::format_error(path + ": " + std::to_string(prefixes.size()) + " lines, expected " + std::to_string(lines) +
+                           " (one per line of " + src_name + ")");
   }
-  const auto m = ef::load_model<float>(model_path);
-  const auto& c = m.config();
-  check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
-  if (prefix_path) {
-    // A prefix counts towards --max-new-tokens and may not hold the end token (it would end the line).
-    check_lines(*prefix_path, prefixes, c.tgt_vocab_size, c.max_sequence_length(), "target", true);
-    for (std::size_t n = 0; n < prefixes.size(); ++n) {
-      if (static_cast<index_t>(prefixes[n].size()) > g.max_new_tokens) {
-        throw ef::format_error(*prefix_path + ":" + std::to_string(n + 1) + ": " + std::to_string(prefixes[n].size()) +
-                               " tokens, expected at most " + std::to_string(g.max_new_tokens) + " (--max-new-tokens)");
+  // A prefix counts towards --max-new-tokens and may not hold the end token (it would end the line).
+  check_lines(path, prefixes, c.tgt_vocab_size, c.max_sequence_length(), "target", true);
+  for (std::size_t n = 0; n < prefixes.size(); ++n) {
+    if (static_cast<index_t>(prefixes[n].size()) > g.max_new_tokens) {
+      throw ef::format_error(path + ":" + std::to_string(n + 1) + ": " + std::to_string(prefixes[n].size()) +
+                             " tokens, expected at most " + std::to_string(g.max_new_tokens) + " (--max-new-tokens)");
+    }
+    for (token_id id : prefixes[n])
+      if (id == c.eos_id) {
+        throw ef::format_error(path + ":" + std::to_string(n + 1) + ": token id " + std::to_string(id) +
+                               " is the end token (eos_id), expected ids to force before it");
       }
-      for (token_id id : prefixes[n])
-        if (id == c.eos_id) {
-          throw ef::format_error(*prefix_path + ":" + std::to_string(n + 1) + ": token id " + std::to_string(id) +
-                                 " is the end token (eos_id), expected ids to force before it");
-        }
-    }
   }
-  const index_t lines = static_cast<index_t>(src.size());
+  return prefixes;
+}
+
+/// Runs `lines` in batches of `batch`: each batch's options get that batch's prefixes (when there are
+/// any) and its random streams, `prepare` may adjust them (translate: the target language), and
+/// `print` turns each result into one output line; a batch is written before the next one runs.
+template <class Prepare, class Print>
+void generate_in_batches(const ef::model<float>& m, const std::vector<std::vector<token_id>>& lines, index_t batch,
+                         ef::generation_options g, const std::vector<std::vector<token_id>>& prefixes,
+                         const std::string& src_name, Prepare prepare, Print print) {
+  const index_t n_lines = static_cast<index_t>(lines.size());
   std::string text;
-  for (index_t first = 0; first < lines; first += B) {
-    const index_t n = std::min(B, lines - first);
-    const std::vector<std::vector<token_id>> s(src.begin() + first, src.begin() + first + n);
-    if (prefix_path) g.prefix.assign(prefixes.begin() + first, prefixes.begin() + first + n);  // this batch's lines
+  for (index_t first = 0; first < n_lines; first += batch) {
+    const index_t n = std::min(batch, n_lines - first);
+    const std::vector<std::vector<token_id>> s(lines.begin() + first, lines.begin() + first + n);
+    if (!prefixes.empty()) g.prefix.assign(prefixes.begin() + first, prefixes.begin() + first + n);  // this batch's lines
     g.stream_offset = static_cast<std::uint64_t>(first);  // line i always draws from stream (seed, i)
-    const auto results = generate_lines(m, s, g, {src_path, first});
+    const auto results = generate_lines(m, s, prepare(g, n), {src_name, first});
     text.clear();
-    for (const auto& r : results) {
-      const auto& tokens = r.best().tokens;
-      for (std::size_t i = 0; i < tokens.size(); ++i) {
-        if (i) text += ' ';
-        text += std::to_string(tokens[i]);
-      }
-      text += '\n';
-    }
+    for (const auto& r : results) print(text, r.best());
     write_stdout(text);
   }
   finish_stdout();
+}
+
+int run_generate(const options& o) {
+  const std::string model_path = o.required("model"), src_path = o.required("src-file");
+  apply_threads(o);
+  const auto chain = sampler_chain(o, /*draw_by_default=*/false);
+  const ef::generation_options g = generation_from(o, chain);
+  const index_t B = batch_size(o, 32);
+  const auto src = read_token_file(src_path);
+  const auto m = ef::load_model<float>(model_path);
+  const auto& c = m.config();
+  check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
+  const auto prefixes = read_prefixes(o, src.size(), src_path, c, g);
+  generate_in_batches(
+      m, src, B, g, prefixes, src_path, [](const ef::generation_options& x, index_t) { return x; },
+      [](std::string& text, const ef::hypothesis& h) {
+        for (std::size_t i = 0; i < h.tokens.size(); ++i) {
+          if (i) text += ' ';
+          text += std::to_string(h.tokens[i]);
+        }
+        text += '\n';
+      });
   return 0;
+}
+
+/// Lines of text from `in` ("\r\n" ends accepted); `name` starts the message of a read error.
+std::vector<std::string> read_text_lines(std::istream& in, const std::string& name) {
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(std::move(line));
+  }
+  if (in.bad()) throw ef::error(name + ": read error");
+  return lines;
+}
+
+int run_translate(const options& o) {
+#if EIGENFORMER_HAVE_TEXT
+  const std::string model_path = o.required("model");
+  apply_threads(o);
+  const auto chain = sampler_chain(o, /*draw_by_default=*/false);
+  const ef::generation_options g = generation_from(o, chain);
+  const index_t B = batch_size(o, 32);
+  std::string src_name = "standard input";
+  std::vector<std::string> texts;
+  if (o.has("src-file")) {
+    src_name = o.required("src-file");
+    std::ifstream in(src_name, std::ios::binary);
+    if (!in) throw ef::error(src_name + ": cannot open");
+    texts = read_text_lines(in, src_name);
+  } else {
+    texts = read_text_lines(std::cin, src_name);
+  }
+  ef::text::languages langs;
+  if (o.has("src-lang")) langs.source = o.required("src-lang");
+  if (o.has("tgt-lang")) langs.target = o.required("tgt-lang");
+  const ef::text::translator t(model_path, langs);
+  std::vector<std::vector<token_id>> src;
+  src.reserve(texts.size());
+  for (std::size_t n = 0; n < texts.size(); ++n) {
+    try {
+      src.push_back(t.encode(texts[n]));
+    } catch (const ef::invalid_argument& e) {
+      if (e.subject() != "text") throw;
+      throw ef::format_error(src_name + ":" + std::to_string(n + 1) + ": " + std::string(e.detail()));
+    }
+  }
+  const auto prefixes = read_prefixes(o, src.size(), src_name, t.model().config(), g);
+  generate_in_batches(
+      t.model(), src, B, g, prefixes, src_name,
+      [&t](const ef::generation_options& x, index_t n) { return t.with_target(x, n); },
+      [&t](std::string& text, const ef::hypothesis& h) {
+        std::string line = t.decode(h);
+        for (char& ch : line)
+          if (ch == '\n' || ch == '\r') ch = ' ';  // one output line per input line, whatever the pieces hold
+        text += line;
+        text += '\n';
+      });
+  return 0;
+#else
+  (void)o;
+  throw ef::error("this eigenformer was built without SentencePiece (Debian: libsentencepiece-dev), which text needs");
+#endif
 }
 
 int run_sample(const options& o) {
@@ -528,7 +632,7 @@ int main(int argc, char** argv) {
   if (command == "--help" || command == "-h" || command == "help") return print("eigenformer", usage_text);
   if (command == "--version") return print("eigenformer", std::string("eigenformer ") + EIGENFORMER_VERSION_STRING + "\n");
   if (!command_options.count(command)) {
-    std::cerr << "eigenformer: unknown command '" << command << "' (expected info, score, generate or sample)\n";
+    std::cerr << "eigenformer: unknown command '" << command << "' (expected info, score, generate, translate or sample)\n";
     return 2;
   }
   for (int i = 2; i < argc; ++i) {
@@ -540,6 +644,7 @@ int main(int argc, char** argv) {
     if (command == "info") return run_info(o);
     if (command == "score") return run_score(o);
     if (command == "generate") return run_generate(o);
+    if (command == "translate") return run_translate(o);
     return run_sample(o);
   } catch (const usage_error& e) {
     std::cerr << "eigenformer " << command << ": " << e.what() << "\n";

@@ -1,7 +1,7 @@
 # Sourced by scripts/test and scripts/demo: installs, from Debian's packages, what the build needs
 # and this machine lacks. Quiet and quick when everything is already there.
 eigenformer_install_deps() {
-  local packages=(g++ cmake make libeigen3-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev "$@")
+  local packages=(g++ cmake make pkgconf libeigen3-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev libsentencepiece-dev "$@")
   local missing=()
   local p
   for p in "${packages[@]}"; do

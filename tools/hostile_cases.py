@@ -9,11 +9,12 @@ runs the tool on it with a time limit, and checks what issue 10 asks of every ca
 culprit, nothing on stdout for an error, no output file written half; cases that must succeed are
 checked for their time and peak memory instead. Prints one row per case and exits 1 if any case
 fails its check. The library's own tests cover the same ground at the API level (tests/test_*.cpp);
-this is the view from the command line, and the table in issue 10's note.
+this is the view from the command line, and the table in issue 10's note (issue 12 added the text cases).
 """
 import json
 import math
 import os
+import shutil
 import stat
 import struct
 import subprocess
@@ -116,6 +117,16 @@ def run_case(tool, case, tmp):
 
 
 def cases(tmp, tool):
+    hf = os.path.join(ROOT, "tests", "fixtures", "hf", "marian")
+    text_src = os.path.join(hf, "text_src.txt")
+
+    def text_dir(name):
+        """A fresh copy of the marian fixture (model and tokenizer files) to damage."""
+        d = os.path.join(tmp, "text_" + name)
+        if not os.path.isdir(d):
+            shutil.copytree(hf, d)
+        return d
+
     model = os.path.join(FIXTURE, "model.safetensors")
     src = os.path.join(FIXTURE, "src.txt")
     tgt = os.path.join(FIXTURE, "tgt.txt")
@@ -207,6 +218,20 @@ def cases(tmp, tool):
              1, "readonly.npy", check=unchanged(p("readonly.npy"), b"keep me")),
         Case("score --out symlink", ["score"] + m + ["--src-file", src, "--tgt-file", tgt, "--out", p("link.npy")], 0,
              check=written_through),
+        # Text (translate): hostile tokenizer files in a copy of the marian fixture, hostile text.
+        Case("translate: SentencePiece model of random bytes", ["translate", "--model", text_dir("bad_spm"),
+                                                               "--src-file", text_src], 1, "source.spm",
+             setup=lambda: open(os.path.join(text_dir("bad_spm"), "source.spm"), "wb").write(os.urandom(4096))),
+        Case("translate: tokenizer_config.json nested 70,000 deep", ["translate", "--model", text_dir("nested_tc"),
+                                                                    "--src-file", text_src], 1, "tokenizer_config.json",
+             setup=lambda: open(os.path.join(text_dir("nested_tc"), "tokenizer_config.json"), "w").write("[" * 70000)),
+        Case("translate: vocab.json id 2^31", ["translate", "--model", text_dir("big_id"), "--src-file", text_src], 1,
+             "vocab.json", setup=lambda: open(os.path.join(text_dir("big_id"), "vocab.json"), "w").write(
+                 '{"</s>": 0, "<unk>": 2147483648}')),
+        Case("translate: binary text (NUL, invalid UTF-8)", ["translate", "--model", text_dir("ok"), "--src-file",
+                                                             p("binary.txt"), "--max-new-tokens", "4"], 0,
+             setup=lambda: open(p("binary.txt"), "wb").write(b"\x00\xff\xfe a \xc3\x28 red\x00cat\n\x80\x80\n"),
+             check=fast(10)),
         Case("score --out in a missing folder", ["score"] + m + ["--src-file", src, "--tgt-file", tgt, "--out",
                                                                 p("no/such/dir.npy")], 1, "no/such/dir.npy",
              out_file=p("no/such/dir.npy")),

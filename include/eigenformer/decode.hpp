@@ -39,6 +39,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -81,6 +82,11 @@ struct generation_options {
   bool return_log_probs = false;     // fill hypothesis::log_probs
   index_t return_alternatives = 0;   // fill hypothesis::alternatives with the n most likely tokens per step
   std::vector<std::vector<token_id>> prefix;  // forced first target tokens per sequence (empty: none)
+  /// The decoder's first input for every sequence; unset: the model's decoder start token
+  /// (model_config::bos_id). mBART starts from the target language's code: transformers'
+  /// generate(decoder_start_token_id=...), CTranslate2's target_prefix of a model whose start token is
+  /// null. Not generated, not returned, no log-probability.
+  std::optional<token_id> start_token;
   token_callback on_token;           // streaming (see the file comment for when tokens stream)
   moe_runtime moe;                   // mixture-of-experts gate noise and router statistics (default: off)
   /// The most bytes the KV cache and the search's buffers may take (model::cache_bytes plus the
@@ -190,6 +196,7 @@ inline void validate(const generation_options& o, const model_config& c, index_t
                                                       std::to_string(V) + " (the target vocabulary)");
   }
   check_ids("end_tokens", o.end_tokens, V);
+  if (o.start_token) check_ids("start_token", std::span<const token_id>(&*o.start_token, 1), V);
   check_ids("banned_tokens", o.banned_tokens, V);
   if (!o.prefix.empty() && static_cast<index_t>(o.prefix.size()) != batch) {
     throw invalid_argument("prefix", std::to_string(o.prefix.size()) + " prefixes for " + std::to_string(batch) +
@@ -428,7 +435,7 @@ class search {
         continue;
       }
       const index_t b = s / K_, forced = std::min(prefix_length(b), max_steps_ - 1);
-      req_tokens_.push_back(m_.config().bos_id);
+      req_tokens_.push_back(o_.start_token.value_or(m_.config().bos_id));
       for (index_t i = 0; i < forced; ++i) req_tokens_.push_back(o_.prefix[static_cast<std::size_t>(b)][static_cast<std::size_t>(i)]);
       req_counts_.push_back(1 + forced);
     }

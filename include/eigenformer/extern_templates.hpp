@@ -25,7 +25,7 @@
   EXTERN template class model<Scalar>;                                                                       \
   EXTERN template class kv_cache<Scalar>;                                                                    \
   EXTERN template weight_map<Scalar> read_weights<Scalar>(const io::safetensors_file&);                      \
-  EXTERN template model<Scalar> load_model<Scalar>(const std::filesystem::path&);                            \
+  EXTERN template model<Scalar> load_model<Scalar>(const std::filesystem::path&, const load_options&);      \
   EXTERN template std::vector<generation_result> generate<Scalar>(const model<Scalar>&, const token_batch&, \
                                                                   const generation_options&);
 

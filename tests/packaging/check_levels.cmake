@@ -7,6 +7,7 @@
 #   IO io/safetensors, io/npy -> L0..L1
 #   IO_SOURCE io/finite_read, io/hf_directory, io/ct2_directory (weights under the model's names) -> L0..L2 and IO
 #   io/model_loader -> everything but decode and sampling
+#   TEXT text/* (SentencePiece: optional, so outside the umbrella) -> everything but the umbrella
 #   the umbrella eigenformer.hpp, and extern_templates.hpp (declares instantiations of decode and
 #   io/model_loader alike), may include anything.
 # Usage: cmake -DROOT=include/eigenformer -P check_levels.cmake
@@ -31,6 +32,8 @@ function(level_of path out)
     set(${out} IO_SOURCE PARENT_SCOPE)
   elseif(path MATCHES "^io/")
     set(${out} IO PARENT_SCOPE)
+  elseif(path MATCHES "^text/")
+    set(${out} TEXT PARENT_SCOPE)
   elseif(path STREQUAL "eigenformer.hpp" OR path STREQUAL "extern_templates.hpp")
     set(${out} UMBRELLA PARENT_SCOPE)
   else()
@@ -41,7 +44,13 @@ endfunction()
 function(allowed from to out)
   set(ok FALSE)
   if(from STREQUAL "UMBRELLA")
-    set(ok TRUE)
+    if(NOT to STREQUAL "TEXT")  # the umbrella must compile without SentencePiece
+      set(ok TRUE)
+    endif()
+  elseif(from STREQUAL "TEXT")
+    if(NOT to STREQUAL "UMBRELLA")
+      set(ok TRUE)
+    endif()
   elseif(from STREQUAL "S")
     if(to STREQUAL "S" OR (to MATCHES "^[0-9]$" AND to LESS_EQUAL 2))
       set(ok TRUE)

@@ -237,6 +237,13 @@ class ct2_model_file {
   std::map<std::string, std::string> aliases_;
 };
 
+/// The token strings of a CTranslate2 directory, id -> token: shared_vocabulary.{json,txt}, or
+/// source_vocabulary and target_vocabulary (JSON lists or one token a line).
+struct ct2_vocabularies {
+  std::vector<std::string> source, target;  // the same when shared
+};
+inline ct2_vocabularies read_ct2_vocabularies(const std::filesystem::path& dir);
+
 class ct2_directory {
  public:
   /// Reads model.bin's index, config.json and the vocabularies; throws config_error or format_error
@@ -322,23 +329,31 @@ inline std::vector<std::string> read_vocabulary(const std::filesystem::path& jso
 
 }  // namespace detail_ct2
 
-inline void ct2_directory::read_vocabularies() {
+inline ct2_vocabularies read_ct2_vocabularies(const std::filesystem::path& dir) {
   std::error_code ec;
   auto exists = [&](const char* stem) {
-    return std::filesystem::is_regular_file(dir_ / (std::string(stem) + ".json"), ec) ||
-           std::filesystem::is_regular_file(dir_ / (std::string(stem) + ".txt"), ec);
+    return std::filesystem::is_regular_file(dir / (std::string(stem) + ".json"), ec) ||
+           std::filesystem::is_regular_file(dir / (std::string(stem) + ".txt"), ec);
   };
   auto read = [&](const char* stem) {
-    return detail_ct2::read_vocabulary(dir_ / (std::string(stem) + ".json"), dir_ / (std::string(stem) + ".txt"));
+    return detail_ct2::read_vocabulary(dir / (std::string(stem) + ".json"), dir / (std::string(stem) + ".txt"));
   };
+  ct2_vocabularies v;
   if (exists("shared_vocabulary")) {
-    src_vocab_ = tgt_vocab_ = read("shared_vocabulary");
+    v.source = v.target = read("shared_vocabulary");
   } else if (exists("source_vocabulary") && exists("target_vocabulary")) {
-    src_vocab_ = read("source_vocabulary");
-    tgt_vocab_ = read("target_vocabulary");
+    v.source = read("source_vocabulary");
+    v.target = read("target_vocabulary");
   } else {
-    throw format_error(dir_.string() + ": no shared_vocabulary.{json,txt} nor source_ and target_vocabulary.{json,txt}");
+    throw format_error(dir.string() + ": no shared_vocabulary.{json,txt} nor source_ and target_vocabulary.{json,txt}");
   }
+  return v;
+}
+
+inline void ct2_directory::read_vocabularies() {
+  ct2_vocabularies v = read_ct2_vocabularies(dir_);
+  src_vocab_ = std::move(v.source);
+  tgt_vocab_ = std::move(v.target);
 }
 
 inline void ct2_directory::parse(const std::optional<std::string>& decoder_start) {
@@ -523,7 +538,7 @@ inline void ct2_directory::parse(const std::optional<std::string>& decoder_start
     c.bos_id = id_of("decoder_start_token", *start);
   } else {
     throw config_error(cfile + ": decoder_start_token: null (CTranslate2 takes the start token, e.g. the target language, "
-                               "as target_prefix): give it to io::ct2_directory(path, token)");
+                               "as target_prefix): give it as load_options::decoder_start_token (the tool: translate --tgt-lang)");
   }
   if (const nlohmann::json* e = key("layer_norm_epsilon"); e && !e->is_null()) {
     if (!e->is_number() || !(e->get<double>() > 0)) throw bad("layer_norm_epsilon", "a positive number or null");

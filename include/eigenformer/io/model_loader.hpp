@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -57,16 +58,29 @@ weight_map<Scalar> read_weights(const io::safetensors_file& file) {
   return weights;
 }
 
+/// How load_model() reads a model; the defaults suit every source.
+struct load_options {
+  /// The decoder start token, as a token string, of a CTranslate2 directory whose config.json
+  /// leaves decoder_start_token null (mBART conversions: CTranslate2 takes the target language code
+  /// as target_prefix, e.g. "ro_RO"); overrides it otherwise. Only CTranslate2 directories take it:
+  /// the others name their start token by id, and generation_options::start_token replaces it per call.
+  std::optional<std::string> decoder_start_token;
+};
+
 /// Loads the model at `path` for inference in Scalar: an eigenformer .safetensors file
 /// (docs/model-format.md), a Hugging Face model directory (io/hf_directory.hpp) or a CTranslate2
 /// directory (io/ct2_directory.hpp: a folder holding model.bin), told apart by
 /// what is there, not by the name.
 template <class Scalar>
-model<Scalar> load_model(const std::filesystem::path& path) {
+model<Scalar> load_model(const std::filesystem::path& path, const load_options& options = {}) {
   if (io::is_ct2_directory(path)) {  // model.bin: CTranslate2 (its config.json is not Hugging Face's)
-    const io::ct2_directory dir(path);
+    const io::ct2_directory dir(path, options.decoder_start_token);
     weight_map<Scalar> weights = dir.read_weights<Scalar>();
     return model<Scalar>(dir.config(), weights);
+  }
+  if (options.decoder_start_token) {
+    throw invalid_argument("decoder_start_token", path.string() + " is not a CTranslate2 directory; give the start token "
+                                                  "by id (generation_options::start_token)");
   }
   if (io::is_hf_directory(path)) {
     const io::hf_directory dir(path);
