@@ -26,6 +26,12 @@ using namespace ef::testing;
 
 namespace {
 
+/// reference.json of a Hugging Face case (transformers' outputs).
+nlohmann::json reference_of(const std::string& hf_case) {
+  std::ifstream in(hf_root() / hf_case / "reference.json");
+  return nlohmann::json::parse(in);
+}
+
 nlohmann::json reference(const fs::path& dir) {
   std::ifstream in(dir / "ct2_reference.json");
   return nlohmann::json::parse(in);
@@ -183,6 +189,57 @@ TEST(CTranslate2, BeamIdsEqualCTranslate2) {
         EXPECT_NEAR(h.score, score, std::string(q) == "float32" ? 1e-4 : 1e-2) << "source " << src << " rank " << line % 2;
       }
       EXPECT_EQ(line, 2 * expected.size());
+    }
+  }
+}
+
+// The 8- and 16-bit conversions, scored: per-token log-probabilities of transformers' greedy outputs
+// (teacher-forced) against transformers' own (float64, HF reference.json) and CTranslate2's
+// score_batch at that precision (ct2_reference.json). float16 weights are widened exactly and
+// CTranslate2 computes them in float32: both must agree as float32 computations do (1e-4 against
+// CTranslate2). int8 weights are widened (value / scale): against transformers the weight rounding
+// alone moves a log-probability by at most 0.8 on these models (measured 0.15-0.62), and against
+// CTranslate2, which also quantises activations, the triangle inequality through transformers
+// bounds the difference (ours - transformers, plus CTranslate2 int8 - its float32 run, the recorded
+// quantisation error, plus 1e-4). Catches int8 scales applied per column or not at all, float16 read
+// as bfloat16, a row offset.
+TEST(CTranslate2, QuantisedLogProbsAgreeWithCTranslate2) {
+  for (const char* q : {"float16", "int8"}) {
+    for (const auto& dir : folders(q)) {
+      SCOPED_TRACE(dir.filename().string());
+      const ct2_case c = case_of(dir);
+      const auto r = reference(dir);
+      const auto m = load<float>(dir, c);
+      const auto targets = id_lines(hf_root() / c.base / "greedy.txt");
+      const auto& scored = r.at("score_batch").at("log_probs");
+      ASSERT_EQ(scored.size(), targets.size());
+      const auto src = id_lines(hf_root() / c.base / "src.txt");
+      const nlohmann::json hf_ref = reference_of(c.base);
+      const auto& hf = hf_ref.at("greedy");  // transformers' raw log-probs per token
+      double worst = 0, worst_hf = 0;
+      for (std::size_t b = 0; b < targets.size(); ++b) {
+        std::vector<token_id> tgt = {m.config().bos_id};  // the decoder start, then the tokens scored
+        tgt.insert(tgt.end(), targets[b].begin(), targets[b].end());
+        const auto lp = m.score(ef::token_batch::from_sequences({src[b]}), ef::token_batch::from_sequences({tgt}));
+        const index_t V = lp.shape()[2];
+        // score_batch's last entry is the eos CTranslate2 appends: compared only where it is a token
+        // of the output (the line ended), as the fixture README says; here the ids alone.
+        for (std::size_t t = 0; t < targets[b].size(); ++t) {
+          const double got = lp.data()[static_cast<index_t>(t) * V + targets[b][t]];
+          worst = std::max(worst, std::abs(got - scored[b][t].get<double>()));
+          worst_hf = std::max(worst_hf, std::abs(got - hf[b].at("token_logprobs")[t].get<double>()));
+        }
+      }
+      const double error = r.at("quantisation_error").at("value").get<double>();
+      std::printf("[ measured ] %s: largest |log-prob - transformers| %.2e, |log-prob - CTranslate2 score_batch| %.2e "
+                  "(its quantisation error %.2e)\n",
+                  dir.filename().string().c_str(), worst_hf, worst, error);
+      if (std::string(q) == "float16") {
+        EXPECT_LT(worst, 1e-4);
+      } else {
+        EXPECT_LT(worst_hf, 0.8);
+        EXPECT_LE(worst, worst_hf + error + 1e-4);
+      }
     }
   }
 }

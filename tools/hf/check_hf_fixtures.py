@@ -10,16 +10,10 @@ encoder_out.npy; the tokenizer (AutoTokenizer, slow) gives text_src_ids.txt and 
 text_greedy.txt. Per CTranslate2 folder: translate_batch gives ct2_greedy.txt and ct2_beam4.txt.
 """
 import sys
-import types
 
-try:
-    import torch.distributed.fsdp  # noqa: F401
-except Exception:  # Debian's torch 1.13 on Python 3.11: see make_hf_fixtures.py
-    _m = types.ModuleType("torch.distributed.fsdp")
-    _m.FullyShardedDataParallel = type("FullyShardedDataParallel", (), {})
-    sys.modules["torch.distributed.fsdp"] = _m
-    import torch.distributed
-    torch.distributed.fsdp = _m
+from hf_common import stub_fsdp
+
+stub_fsdp()  # before transformers: Debian's torch 1.13 on Python 3.11 (hf_common.py)
 
 import argparse  # noqa: E402
 import json  # noqa: E402

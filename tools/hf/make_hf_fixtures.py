@@ -24,26 +24,9 @@ same greedy and beam ids; otherwise the next seed is drawn.
 import sys
 import types
 
+from hf_common import dir_size, gc_record, stored_float64, stub_fsdp, write_ids, write_json
 
-def _stub_fsdp():
-    """transformers 4.46 imports torch.distributed.fsdp in generate() and in M2M100's encoder only to
-    ask "is this module FSDP-wrapped?"; under Debian's torch 1.13 on Python 3.11 that import fails
-    (a dataclass with a mutable default). A stand-in class answers "no" for every module."""
-    try:
-        import torch.distributed.fsdp  # noqa: F401
-    except Exception:
-        m = types.ModuleType("torch.distributed.fsdp")
-
-        class FullyShardedDataParallel:  # noqa: D401 - a type nothing is an instance of
-            pass
-
-        m.FullyShardedDataParallel = FullyShardedDataParallel
-        sys.modules["torch.distributed.fsdp"] = m
-        import torch.distributed
-        torch.distributed.fsdp = m
-
-
-_stub_fsdp()
+stub_fsdp()
 
 import argparse  # noqa: E402
 import filecmp  # noqa: E402
@@ -195,11 +178,6 @@ def spm_pieces(model_bytes):
     return [sp.id_to_piece(i) for i in range(sp.get_piece_size())
             if not (sp.is_control(i) or sp.is_unknown(i))]
 
-
-def write_json(path, obj, indent=1):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)
-        f.write("\n")
 
 
 def make_tokenizer(kind, work):
@@ -442,12 +420,6 @@ def center_output(model, sp, ln_name, rng):
         ln.bias.copy_((ln.bias.double() - mean).float())
 
 
-def stored_float64(model):
-    """A float64 copy whose parameters and buffers are exactly the float32 values that are stored."""
-    m = type(model)(model.config)
-    m.load_state_dict(model.state_dict())
-    return m.double().eval()
-
 
 # ---------------------------------------------------------------------------------------------
 # generation and scoring
@@ -681,11 +653,6 @@ def build_case(case, index, work):
 # writing
 
 
-def write_ids(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(" ".join(str(int(t)) for t in r) + "\n")
-
 
 def write_lines(path, lines):
     with open(path, "w") as f:
@@ -704,11 +671,6 @@ def tensor_listing(d):
                           for k in sorted(st.keys())]
     return out
 
-
-def gc_record(gc):
-    d = gc.to_dict()
-    d.pop("transformers_version", None)
-    return {k: d[k] for k in sorted(d)}
 
 
 def hyps_record(model, srcs, out, sp, per_source):
@@ -1062,9 +1024,6 @@ def ct2_case(c, d, out_dir, ref):
 
 # ---------------------------------------------------------------------------------------------
 
-
-def dir_size(path):
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
 def tree_digest(path):
