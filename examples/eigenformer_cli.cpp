@@ -2,6 +2,7 @@
 //
 //   eigenformer info     --model M
 //   eigenformer score    --model M --src-file S --tgt-file T --out O.npy [--batch-size B] [--threads N]
+//                        (a decoder-only model: --tgt-file alone; generate: each --src-file line is a prompt)
 //   eigenformer generate --model M --src-file S [--max-new-tokens N] [sampling options] [--beam-size K]
 //                        [--length-penalty A] [--target-prefix-file P] [--batch-size B] [--threads N]
 //                        [--max-cache-bytes SIZE]
@@ -76,6 +77,7 @@ const std::map<std::string, std::string> command_help = {
     {"score",
      "usage: eigenformer score --model M --src-file S --tgt-file T --out O.npy [--batch-size B] [--threads N]\n"
      "  Teacher forcing: line n of T is the decoder input for line n of S, used as given (no BOS added).\n"
+     "  A decoder-only model (Llama family) takes --tgt-file alone: row t of a line predicts its token t + 1.\n"
      "  Writes float32 log-probabilities [lines, longest T line, tgt_vocab_size]; positions past a line's end\n"
      "  hold 0. All lines run as one padded batch unless --batch-size splits them (the same numbers, to float\n"
      "  rounding).\n"
@@ -84,6 +86,7 @@ const std::map<std::string, std::string> command_help = {
      "usage: eigenformer generate --model M --src-file S [options]\n"
      "  Decodes every line of S from bos_id until eos_id (not printed) or --max-new-tokens, and prints one\n"
      "  line of generated ids per source line, in order. Greedy unless a sampling option is given.\n"
+     "  A decoder-only model takes each line of S as a prompt and prints only the ids that follow it.\n"
      "  --max-new-tokens N        default 128 (never more than the model's max_positions); a forced\n"
      "                            prefix counts towards it\n"
      "  --temperature T           0 = greedy\n"
@@ -362,7 +365,36 @@ int run_info(const options& o) {
   return 0;
 }
 
+/// score for a decoder-only model (no --src-file): next-token log-probabilities of each --tgt-file line.
+int run_score_lm(const options& o) {
+  const std::string model_path = o.required("model"), tgt_path = o.required("tgt-file"), out_path = o.required("out");
+  const auto out_file = out_target(out_path);
+  apply_threads(o);
+  const auto tgt = read_token_file(tgt_path);
+  const auto m = ef::load_model<float>(model_path);
+  const auto& c = m.config();
+  if (!c.decoder_only()) throw usage_error("score: missing option --src-file (see --help)");
+  check_lines(tgt_path, tgt, c.tgt_vocab_size, c.max_sequence_length(), "target", true);
+  const index_t lines = static_cast<index_t>(tgt.size()), V = c.tgt_vocab_size;
+  index_t T = 0;
+  for (const auto& t : tgt) T = std::max<index_t>(T, static_cast<index_t>(t.size()));
+  ef::tensor<float> out({lines, T, V});  // zero-filled: positions past a line's end stay 0
+  const index_t B = batch_size(o, std::max<index_t>(lines, 1));
+  for (index_t first = 0; first < lines; first += B) {
+    const index_t n = std::min(B, lines - first);
+    const std::vector<std::vector<token_id>> t(tgt.begin() + first, tgt.begin() + first + n);
+    const auto lp = m.score(ef::token_batch::from_sequences(t));
+    const index_t Tb = lp.dim(1);
+    for (index_t b = 0; b < n; ++b)
+      for (index_t p = 0; p < Tb; ++p)
+        std::copy_n(&lp(b, p, 0), V, &out(first + b, p, 0));
+  }
+  ef::io::write_npy(out_file, out);
+  return 0;
+}
+
 int run_score(const options& o) {
+  if (!o.has("src-file")) return run_score_lm(o);  // a decoder-only model scores --tgt-file alone
   const std::string model_path = o.required("model"), src_path = o.required("src-file"), tgt_path = o.required("tgt-file"),
                     out_path = o.required("out");
   const auto out_file = out_target(out_path);  // before any work: a read-only output is refused now
@@ -375,6 +407,7 @@ int run_score(const options& o) {
   }
   const auto m = ef::load_model<float>(model_path);
   const auto& c = m.config();
+  if (c.decoder_only()) throw usage_error("score: --src-file: a decoder-only model scores --tgt-file alone");
   check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
   check_lines(tgt_path, tgt, c.tgt_vocab_size, c.max_sequence_length(), "target", true);
   const index_t lines = static_cast<index_t>(src.size()), V = c.tgt_vocab_size;

@@ -645,3 +645,22 @@ TEST(Cli, Translate) {
   std::ofstream(src) << "the red cat\n" << long_line << "\n";
   expect_error(run("translate --model " + m2m + " --src-file " + src), 1, "long.txt:2: ");
 }
+
+// Catches: the tool requiring a source for a decoder-only model, printing the prompt with the new
+// tokens, or scoring through the encoder-decoder path (tests/fixtures/lm/llama: transformers' outputs).
+TEST(Cli, DecoderOnlyScoreAndGenerate) {
+  const std::string dir = (fixture_root() / "lm" / "llama").string();
+  const std::string out = tmp_path("lm_llama.npy");
+  auto r = run("score --model " + dir + " --tgt-file " + fixture("lm/llama", "tgt.txt") + " --out " + out);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto got = ef::io::read_npy<float>(out);
+  const auto expected = ef::io::read_npy<double>(fixture_root() / "lm" / "llama" / "logprobs.npy");
+  ASSERT_EQ(got.shape(), expected.shape());
+  EXPECT_LT(max_abs_diff(got.values(), expected.values()), 1e-4);
+  r = run("generate --model " + dir + " --src-file " + fixture("lm/llama", "prompts.txt") + " --max-new-tokens 16");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(id_lines(r.out), id_lines(read_file(fixture_root() / "lm" / "llama" / "greedy.txt")));
+  expect_error(run("score --model " + dir + " --src-file " + fixture("lm/llama", "prompts.txt") + " --tgt-file " +
+                   fixture("lm/llama", "tgt.txt") + " --out " + tmp_path("x.npy")),
+               2, "a decoder-only model scores --tgt-file alone");
+}

@@ -84,7 +84,9 @@ TEST(Loader, ConfigErrorsNameTheKey) {
       {"activation", "swish", "config.activation: 'swish', expected one of 'relu', 'gelu'"},
       {"norm_first", 1, "config.norm_first: expected true or false, got 1"},
       {"norm_frist", true, "config.norm_frist: unknown key"},
-      {"architecture", "decoder-only", "config.architecture: 'decoder-only', expected one of 'encoder-decoder'"},
+      {"architecture", "encoder-only", "config.architecture: 'encoder-only', expected one of 'encoder-decoder', 'decoder-only'"},
+      // Catches: a decoder-only config accepted with encoder layers it would never run.
+      {"architecture", "decoder-only", "config.n_encoder_layers: 2, expected 0 (decoder-only)"},
       {"eos_id", 19, "config.eos_id: 19, expected 0 to 18"},
       // Catches: pad_id checked only for >= 0, not against the vocabulary as bos_id and eos_id are.
       {"pad_id", 19, "config.pad_id: 19, expected 0 to 18"},

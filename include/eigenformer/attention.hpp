@@ -16,19 +16,40 @@
 #include <span>
 #include <string>
 
+#include "config.hpp"
 #include "layers/linear.hpp"
+#include "rotary.hpp"
 #include "workspace.hpp"
 #include "ops.hpp"
 #include "threads.hpp"
 
 namespace eigenformer {
 
-/// The four tensors of an nn.MultiheadAttention with d_model = embed_dim.
+/// The four tensors of an nn.MultiheadAttention with d_model = embed_dim. Decoder-only models
+/// (grouped-query attention) have n_kv_heads <= n_heads key/value heads: in_proj is then
+/// [d_model + 2 kv_dim, d_model] (rows q, k, v; kv_dim = n_kv_heads d_head), and either bias may
+/// be absent (empty).
 template <class Scalar>
 struct attention_weights {
   linear_layer<Scalar> in_proj;   // weight [3 d_model, d_model], bias [3 d_model]
   linear_layer<Scalar> out_proj;  // weight [d_model, d_model], bias [d_model]
   index_t n_heads = 1;
+  index_t n_kv_heads = 0;  // 0: n_heads
+
+  /// A decoder-only model's self-attention: `<scope>.in_proj_weight` [d_model + 2 kv_dim, d_model],
+  /// `<scope>.in_proj_bias` (with bias all or qkv), `<scope>.out_proj.weight` (and .bias with all).
+  static attention_weights load_grouped(weight_map<Scalar>& w, const std::string& scope, index_t d_model, index_t n_heads,
+                                        index_t n_kv_heads, attention_bias bias) {
+    attention_weights a;
+    const index_t rows = d_model + 2 * (d_model / n_heads) * n_kv_heads;
+    a.in_proj.weight = w.take(scope + ".in_proj_weight", {rows, d_model});
+    if (bias != attention_bias::none) a.in_proj.bias = w.take(scope + ".in_proj_bias", {rows});
+    a.out_proj.weight = w.take(scope + ".out_proj.weight", {d_model, d_model});
+    if (bias == attention_bias::all) a.out_proj.bias = w.take(scope + ".out_proj.bias", {d_model});
+    a.n_heads = n_heads;
+    a.n_kv_heads = n_kv_heads;
+    return a;
+  }
 
   static attention_weights load(weight_map<Scalar>& w, const std::string& scope, index_t d_model, index_t n_heads) {
     attention_weights a;
@@ -41,17 +62,24 @@ struct attention_weights {
 
   index_t d_model() const noexcept { return out_proj.weight.dim(0); }
   index_t d_head() const noexcept { return d_model() / n_heads; }
+  index_t kv_heads() const noexcept { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  /// Width of the keys (and of the values): kv_heads d_head (d_model without grouped-query attention).
+  index_t kv_dim() const noexcept { return kv_heads() * d_head(); }
   index_t parameter_count() const noexcept { return in_proj.parameter_count() + out_proj.parameter_count(); }
 
   /// The query projection alone: rows [0, d_model) of in_proj (a view, not a copy).
   const_matrix_view<Scalar> q_weight() const noexcept { return make_view(in_proj.weight.data(), d_model(), d_model()); }
-  std::span<const Scalar> q_bias() const noexcept { return in_proj.bias.values().subspan(0, static_cast<std::size_t>(d_model())); }
-  /// The key and value projections: rows [d_model, 3 d_model) of in_proj.
+  std::span<const Scalar> q_bias() const noexcept {
+    if (in_proj.bias.size() == 0) return {};
+    return in_proj.bias.values().subspan(0, static_cast<std::size_t>(d_model()));
+  }
+  /// The key and value projections: rows [d_model, d_model + 2 kv_dim) of in_proj.
   const_matrix_view<Scalar> kv_weight() const noexcept {
-    return make_view(in_proj.weight.data() + d_model() * d_model(), 2 * d_model(), d_model());
+    return make_view(in_proj.weight.data() + d_model() * d_model(), 2 * kv_dim(), d_model());
   }
   std::span<const Scalar> kv_bias() const noexcept {
-    return in_proj.bias.values().subspan(static_cast<std::size_t>(d_model()), static_cast<std::size_t>(2 * d_model()));
+    if (in_proj.bias.size() == 0) return {};
+    return in_proj.bias.values().subspan(static_cast<std::size_t>(d_model()), static_cast<std::size_t>(2 * kv_dim()));
   }
 };
 
@@ -138,7 +166,7 @@ void cross_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBase<M>& me
 
 /// Keys and values that packed query sequences attend over: a strided view, never a copy.
 /// Query sequence b reads key rows offsets[b] .. offsets[b] + lengths[b] of `data`; row r holds
-/// k at data + r stride and v d_model elements later ([k | v] rows, as kv_cache and cross_kv lay
+/// k at data + r stride and v kv_dim elements later (kv_dim = d_model but with grouped-query attention) ([k | v] rows, as kv_cache and cross_kv lay
 /// them out). With `causal`, the tq query rows of sequence b are the last tq positions of its
 /// keys: query i sees keys [0, lengths[b] - tq + i] (one query row sees them all).
 template <class Scalar>
@@ -153,14 +181,19 @@ struct kv_view {
 /// Attention of packed queries x [n, d_model] (sequence b: rows q_offsets[b] .. q_offsets[b+1])
 /// over `kv`; out [n, d_model] (out_proj applied). This one function serves cross-attention (kv =
 /// the projected encoder output) and cached self-attention (kv = the KV cache, causal when a
-/// sequence feeds several tokens at once), so both run the same kernel.
+/// sequence feeds several tokens at once), so both run the same kernel. With grouped-query
+/// attention query head h reads key/value head h / (n_heads / kv_heads). With `rope`, the queries
+/// are rotated at `q_positions` (one absolute position per row of x) before they attend.
 template <class Scalar, class X, class Y>
 void attention_over_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBase<X>& x, std::span<const index_t> q_offsets,
-                       const kv_view<Scalar>& kv, const Eigen::MatrixBase<Y>& out, workspace<Scalar>& ws) {
+                       const kv_view<Scalar>& kv, const Eigen::MatrixBase<Y>& out, workspace<Scalar>& ws,
+                       const rotary_embedding<Scalar>* rope = nullptr, std::span<const index_t> q_positions = {}) {
   const index_t n = x.rows(), d = w.d_model(), dh = w.d_head(), batch = static_cast<index_t>(q_offsets.size()) - 1;
+  const index_t kvd = w.kv_dim(), group = w.n_heads / w.kv_heads();
   ws.q.resize({n, d});
   ws.ctx.resize({n, d});
   linear(x, w.q_weight(), w.q_bias(), ws.q.matrix());
+  if (rope) rope->apply(ws.q.matrix(), q_positions);
   index_t per_task = 0;
   double flops = 0;
   for (index_t b = 0; b < batch; ++b) {
@@ -175,9 +208,9 @@ void attention_over_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBa
     const index_t tq = q_offsets[static_cast<std::size_t>(b) + 1] - row;
     const index_t tk = kv.lengths[static_cast<std::size_t>(b)];
     if (tq == 0) return;
-    const Scalar* k = kv.data + kv.offsets[static_cast<std::size_t>(b)] * kv.stride + h * dh;
+    const Scalar* k = kv.data + kv.offsets[static_cast<std::size_t>(b)] * kv.stride + (h / group) * dh;
     attend_head<Scalar>(make_view(q + row * d + h * dh, tq, dh, d), make_view(k, tk, dh, kv.stride),
-                        make_view(k + d, tk, dh, kv.stride), make_view(ctx + row * d + h * dh, tq, dh, d), kv.causal,
+                        make_view(k + kvd, tk, dh, kv.stride), make_view(ctx + row * d + h * dh, tq, dh, d), kv.causal,
                         tk - tq, scratch);
   });
   w.out_proj(ws.ctx.matrix(), out);

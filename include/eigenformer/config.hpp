@@ -25,7 +25,14 @@ namespace eigenformer {
 /// The feed-forward activation: relu; gelu (exact, erf); gelu_tanh (GELU's tanh approximation,
 /// transformers' "gelu_new"); silu (x sigmoid(x), transformers' "swish"/"silu").
 enum class activation { relu, gelu, gelu_tanh, silu };
-enum class positional_encoding { sinusoidal, learned };
+/// rotary: no position vector is added to the embeddings; q and k are rotated (rotary.hpp).
+enum class positional_encoding { sinusoidal, learned, rotary };
+/// The normalisation of every norm of the model: nn.LayerNorm (weight and bias) or RMSNorm (weight only).
+enum class normalization { layer_norm, rms_norm };
+/// The feed-forward block: dense (linear2(act(linear1 x))) or gated (SwiGLU: down(silu(gate x) * up x), no biases).
+enum class feed_forward_kind { dense, gated };
+/// Which attention projections have biases: all (nn.MultiheadAttention), q/k/v only (Qwen2), none (Llama).
+enum class attention_bias { all, qkv, none };
 enum class sinusoidal_variant { paper, marian, tensor2tensor };
 enum class gate { softmax, top_k, noisy_top_k };
 
@@ -33,6 +40,9 @@ std::string_view to_string(activation a);
 std::string_view to_string(positional_encoding p);
 std::string_view to_string(sinusoidal_variant v);
 std::string_view to_string(gate g);
+std::string_view to_string(normalization n);
+std::string_view to_string(feed_forward_kind f);
+std::string_view to_string(attention_bias b);
 
 /// The `moe` object: which layers replace their feed-forward block by a mixture of experts.
 struct moe_config {
@@ -85,7 +95,19 @@ struct model_config {
   /// forced_bos_token_id: mBART's or M2M100's target language, BART's bos). None by default.
   std::optional<token_id> forced_bos_id;
   std::optional<moe_config> moe;
+  // Decoder-only language models (Llama family). Every default is the encoder-decoder behaviour.
+  /// Key/value heads of self-attention (grouped-query attention): query head h reads key/value
+  /// head h / (n_heads / n_kv_heads). 0 = n_heads (multi-head attention).
+  index_t n_kv_heads = 0;
+  normalization norm = normalization::layer_norm;
+  feed_forward_kind ff = feed_forward_kind::dense;
+  attention_bias attn_bias = attention_bias::all;
+  /// positional_encoding rotary: the base of its frequencies and a linear scaling factor (positions / factor).
+  double rope_theta = 10000.0;
+  double rope_scaling_factor = 1.0;
 
+  bool decoder_only() const noexcept { return architecture == "decoder-only"; }
+  index_t kv_heads() const noexcept { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   index_t d_head() const { return n_heads > 0 ? d_model / n_heads : 0; }
   /// The longest sequence a model accepts: max_positions, less the offset into learned tables.
   index_t max_sequence_length() const {
@@ -118,7 +140,12 @@ inline std::string_view to_string(activation a) {
   return "?";
 }
 inline std::string_view to_string(positional_encoding p) {
-  return p == positional_encoding::sinusoidal ? "sinusoidal" : "learned";
+  return p == positional_encoding::sinusoidal ? "sinusoidal" : p == positional_encoding::learned ? "learned" : "rotary";
+}
+inline std::string_view to_string(normalization n) { return n == normalization::layer_norm ? "layer_norm" : "rms_norm"; }
+inline std::string_view to_string(feed_forward_kind f) { return f == feed_forward_kind::dense ? "dense" : "gated"; }
+inline std::string_view to_string(attention_bias b) {
+  return b == attention_bias::all ? "all" : b == attention_bias::qkv ? "qkv" : "none";
 }
 inline std::string_view to_string(sinusoidal_variant v) {
   switch (v) {
@@ -249,8 +276,9 @@ inline void check_id(const std::string& where, std::string_view k, token_id id, 
 
 inline void model_config::validate() const {
   const std::string w = "config";
-  if (architecture != "encoder-decoder") {
-    throw config_error(w + ".architecture: '" + detail::text_excerpt(architecture) + "', expected 'encoder-decoder'");
+  if (architecture != "encoder-decoder" && architecture != "decoder-only") {
+    throw config_error(w + ".architecture: '" + detail::text_excerpt(architecture) +
+                       "', expected 'encoder-decoder' or 'decoder-only'");
   }
   detail::check_positive(w, "d_model", d_model);
   detail::check_positive(w, "n_heads", n_heads);
@@ -279,6 +307,52 @@ inline void model_config::validate() const {
     throw config_error(w + ".share_embeddings: src_vocab_size " + std::to_string(src_vocab_size) +
                        " differs from tgt_vocab_size " + std::to_string(tgt_vocab_size));
   }
+  if (n_kv_heads < 0) throw config_error(w + ".n_kv_heads: " + std::to_string(n_kv_heads) + ", expected >= 0");
+  if (n_kv_heads > 0 && n_heads % n_kv_heads != 0) {
+    throw config_error(w + ".n_kv_heads: " + std::to_string(n_kv_heads) + " does not divide n_heads " + std::to_string(n_heads));
+  }
+  if (positional == positional_encoding::rotary) {
+    if (d_head() % 2 != 0) {
+      throw config_error(w + ".positional_encoding: 'rotary' needs an even head dimension, got d_model / n_heads = " +
+                         std::to_string(d_head()));
+    }
+    if (!(rope_theta > 0) || !std::isfinite(rope_theta)) {
+      throw config_error(w + ".rope_theta: " + std::to_string(rope_theta) + ", expected a positive number");
+    }
+    if (!(rope_scaling_factor > 0) || !std::isfinite(rope_scaling_factor)) {
+      throw config_error(w + ".rope_scaling_factor: " + std::to_string(rope_scaling_factor) + ", expected a positive number");
+    }
+    if (max_positions > (index_t(1) << 24)) {
+      throw config_error(w + ".max_positions: " + std::to_string(max_positions) + ", expected at most 16777216 with rotary positions");
+    }
+  }
+  if (decoder_only()) {
+    if (n_encoder_layers != 0) {
+      throw config_error(w + ".n_encoder_layers: " + std::to_string(n_encoder_layers) + ", expected 0 (decoder-only)");
+    }
+    if (encoder_final_norm) throw config_error(w + ".encoder_final_norm: true, expected false (decoder-only)");
+    if (!norm_first) throw config_error(w + ".norm_first: false, expected true (decoder-only models are pre-norm)");
+    if (embedding_norm) throw config_error(w + ".embedding_norm: true, expected false (decoder-only)");
+    if (src_vocab_size != tgt_vocab_size) {
+      throw config_error(w + ".src_vocab_size: " + std::to_string(src_vocab_size) + ", expected tgt_vocab_size " +
+                         std::to_string(tgt_vocab_size) + " (decoder-only: the prompt is in the output vocabulary)");
+    }
+    if (forced_bos_id) throw config_error(w + ".forced_bos_id: set, expected none (decoder-only)");
+    if (moe && !moe->encoder_layers.empty()) throw config_error(w + ".moe.encoder_layers: expected none (decoder-only)");
+  } else {
+    if (positional == positional_encoding::rotary) {
+      throw config_error(w + ".positional_encoding: 'rotary', expected 'sinusoidal' or 'learned' (encoder-decoder)");
+    }
+    if (n_kv_heads != 0 && n_kv_heads != n_heads) {
+      throw config_error(w + ".n_kv_heads: " + std::to_string(n_kv_heads) + ", expected n_heads (encoder-decoder)");
+    }
+    if (norm != normalization::layer_norm) throw config_error(w + ".normalization: 'rms_norm', expected 'layer_norm' (encoder-decoder)");
+    if (ff != feed_forward_kind::dense) throw config_error(w + ".feed_forward: 'gated', expected 'dense' (encoder-decoder)");
+    if (attn_bias != attention_bias::all) {
+      throw config_error(w + ".attention_bias: '" + std::string(to_string(attn_bias)) + "', expected 'all' (encoder-decoder)");
+    }
+  }
+  if (ff == feed_forward_kind::gated && moe) throw config_error(w + ".feed_forward: 'gated' with 'moe', expected one of them");
   detail::check_id(w, "bos_id", bos_id, tgt_vocab_size);
   detail::check_id(w, "eos_id", eos_id, tgt_vocab_size);
   detail::check_id(w, "pad_id", pad_id, tgt_vocab_size);
@@ -307,7 +381,7 @@ inline model_config model_config::from_json(const nlohmann::json& j, std::string
   const std::string w(where);
   detail::config_reader r(j, w);
   model_config c;
-  c.architecture = r.string("architecture", std::nullopt, {"encoder-decoder"});
+  c.architecture = r.string("architecture", std::nullopt, {"encoder-decoder", "decoder-only"});
   c.d_model = r.integer("d_model");
   c.n_heads = r.integer("n_heads");
   c.d_ff = r.integer("d_ff");
@@ -322,9 +396,10 @@ inline model_config model_config::from_json(const nlohmann::json& j, std::string
                                            : activation::silu;
   c.norm_first = r.boolean("norm_first", false);
   c.layer_norm_eps = r.number("layer_norm_eps", 1e-5);
-  c.positional = r.string("positional_encoding", "sinusoidal", {"sinusoidal", "learned"}) == "sinusoidal"
-                     ? positional_encoding::sinusoidal
-                     : positional_encoding::learned;
+  const auto pos = r.string("positional_encoding", "sinusoidal", {"sinusoidal", "learned", "rotary"});
+  c.positional = pos == "sinusoidal" ? positional_encoding::sinusoidal
+                 : pos == "learned"  ? positional_encoding::learned
+                                     : positional_encoding::rotary;
   c.max_positions = r.integer("max_positions", 1024);
   const auto variant = r.string("sinusoidal_variant", "paper", {"paper", "marian", "tensor2tensor"});
   c.sinusoidal = variant == "paper"    ? sinusoidal_variant::paper
@@ -343,6 +418,14 @@ inline model_config model_config::from_json(const nlohmann::json& j, std::string
   if (const nlohmann::json* f = r.find("forced_bos_id"); f && !f->is_null()) {
     c.forced_bos_id = static_cast<token_id>(r.integer("forced_bos_id"));
   }
+  c.n_kv_heads = r.integer("n_kv_heads", 0);
+  c.norm = r.string("normalization", "layer_norm", {"layer_norm", "rms_norm"}) == "layer_norm" ? normalization::layer_norm
+                                                                                                : normalization::rms_norm;
+  c.ff = r.string("feed_forward", "dense", {"dense", "gated"}) == "dense" ? feed_forward_kind::dense : feed_forward_kind::gated;
+  const auto bias = r.string("attention_bias", "all", {"all", "qkv", "none"});
+  c.attn_bias = bias == "all" ? attention_bias::all : bias == "qkv" ? attention_bias::qkv : attention_bias::none;
+  c.rope_theta = r.number("rope_theta", 10000.0);
+  c.rope_scaling_factor = r.number("rope_scaling_factor", 1.0);
   if (const nlohmann::json* m = r.find("moe"); m && !m->is_null()) {
     detail::config_reader mr(*m, w + ".moe");
     moe_config mc;
@@ -416,6 +499,14 @@ inline nlohmann::json model_config::to_json() const {
   // Extensions, written only when set: files without them stay as they were.
   if (embedding_norm) j["embedding_norm"] = true;
   if (forced_bos_id) j["forced_bos_id"] = *forced_bos_id;
+  if (n_kv_heads != 0) j["n_kv_heads"] = n_kv_heads;
+  if (norm != normalization::layer_norm) j["normalization"] = to_string(norm);
+  if (ff != feed_forward_kind::dense) j["feed_forward"] = to_string(ff);
+  if (attn_bias != attention_bias::all) j["attention_bias"] = to_string(attn_bias);
+  if (positional == positional_encoding::rotary) {
+    j["rope_theta"] = rope_theta;
+    j["rope_scaling_factor"] = rope_scaling_factor;
+  }
   if (moe) {
     j["moe"] = {{"n_experts", moe->n_experts},
                 {"top_k", moe->top_k},

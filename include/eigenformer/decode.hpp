@@ -20,6 +20,13 @@
 // the best remaining tokens. The forced prefix of a source goes through the model in the first
 // step as one causal block, with the start token.
 //
+// Decoder-only models (model_config::decoder_only(): Llama-family language models): each "source"
+// is a prompt. The first step feeds the whole prompt (then any forced prefix) as one causal block,
+// in place of the start token, which does not apply; the prompt's last row gives the first new
+// token. Hypotheses hold only the new tokens, and their log-probabilities and lengths count only
+// those. The cache holds the prompt and max_new_tokens more per slot; max_new_tokens is cut to what
+// the longest prompt of the batch leaves of max_positions.
+//
 // A source finishes when beam_size hypotheses have ended, when no live hypothesis is left, when its
 // hypotheses reach max_new_tokens (they join the finished ones, unended) or, with one beam, when
 // the callback returns false. Its results are then final: with one beam every token is streamed as
@@ -247,12 +254,16 @@ template <class Scalar>
 void check_memory(const model<Scalar>& m, const generation_options& o, const token_batch& src) {
   const index_t batch = src.size();
   if (batch == 0) return;
-  const index_t max_steps = std::min(o.max_new_tokens, m.config().max_sequence_length());
+  const bool lm = m.config().decoder_only();
+  const index_t context = lm ? src.max_length() : 0;  // decoder-only: the prompts are cached too
+  const index_t max_steps = std::min(o.max_new_tokens, m.config().max_sequence_length() - context);
   index_t first_tokens = 0;
   for (index_t b = 0; b < batch; ++b) {
-    first_tokens += 1 + (o.prefix.empty() ? 0 : std::min(static_cast<index_t>(o.prefix[static_cast<std::size_t>(b)].size()), max_steps - 1));
+    first_tokens += (lm ? src.length(b) : 1) +
+                    (o.prefix.empty() ? 0 : std::min(static_cast<index_t>(o.prefix[static_cast<std::size_t>(b)].size()), max_steps - 1));
   }
-  const std::uint64_t cache = m.cache_bytes(batch, src.total(), src.max_length(), o.beam_size, max_steps);
+  const std::uint64_t cache = lm ? m.cache_bytes(batch, 0, 0, o.beam_size, context + max_steps)
+                                 : m.cache_bytes(batch, src.total(), src.max_length(), o.beam_size, max_steps);
   const std::uint64_t search = search_bytes(o, m.config(), batch, max_steps, first_tokens, sizeof(Scalar));
   const std::uint64_t total = detail::sat_add(cache, search);
   if (total > o.max_cache_bytes) {
@@ -325,9 +336,11 @@ struct expansion {
 template <class Scalar>
 class search {
  public:
-  search(const model<Scalar>& m, const generation_options& o, index_t batch)
+  /// `prompts`: a decoder-only model's prompts (the sources), null for an encoder-decoder model.
+  search(const model<Scalar>& m, const generation_options& o, index_t batch, const token_batch* prompts = nullptr)
       : m_(m), o_(o), batch_(batch), K_(o.beam_size), V_(m.config().tgt_vocab_size),
-        max_steps_(std::min(o.max_new_tokens, m.config().max_sequence_length())),
+        prompts_(prompts), context_(prompts ? prompts->max_length() : 0),
+        max_steps_(std::min(o.max_new_tokens, m.config().max_sequence_length() - context_)),
         ends_(o.end_tokens.empty() ? std::vector<token_id>{m.config().eos_id} : o.end_tokens) {}
 
   std::vector<generation_result> run(const encoder_output<Scalar>& memory) {
@@ -344,10 +357,13 @@ class search {
     return o_.prefix.empty() ? 0 : static_cast<index_t>(o_.prefix[static_cast<std::size_t>(b)].size());
   }
   bool is_end(token_id t) const { return std::find(ends_.begin(), ends_.end(), t) != ends_.end(); }
+  /// The tokens the first step feeds for source b before its forced prefix: its prompt
+  /// (decoder-only), or the start token.
+  index_t lead_length(index_t b) const { return prompts_ ? prompts_->length(b) : 1; }
 
   /// Sizes every buffer for the whole generation.
   void prepare(const encoder_output<Scalar>& memory) {
-    m_.start_decoding(memory, K_, max_steps_, cache_, o_.max_cache_bytes);
+    m_.start_decoding(memory, K_, context_ + max_steps_, cache_, o_.max_cache_bytes);
     const index_t S = slots(), n_alt = o_.return_alternatives;
     live_.reset(S, max_steps_, n_alt);
     spare_.reset(S, max_steps_, n_alt);
@@ -358,11 +374,12 @@ class search {
     for (index_t b = 0; b < batch_; ++b) alive_[static_cast<std::size_t>(b * K_)] = 1;  // one live beam to start
     live_sources_ = batch_;
     index_t first_tokens = 0;  // the first step feeds the start token and the forced prefix
-    for (index_t b = 0; b < batch_; ++b) first_tokens += 1 + std::min(prefix_length(b), max_steps_ - 1);
+    for (index_t b = 0; b < batch_; ++b) first_tokens += lead_length(b) + std::min(prefix_length(b), max_steps_ - 1);
     const index_t rows = std::max(S, first_tokens);
     logits_.resize({rows, V_});
     req_slots_.reserve(static_cast<std::size_t>(S));
     req_counts_.reserve(static_cast<std::size_t>(S));
+    req_skip_.reserve(static_cast<std::size_t>(S));
     req_tokens_.reserve(static_cast<std::size_t>(rows));
     parents_.resize(static_cast<std::size_t>(S));
     pool_.reserve(static_cast<std::size_t>(2 * K_ * K_));
@@ -425,6 +442,7 @@ class search {
     //    start token and its source's forced prefix).
     req_slots_.clear();
     req_counts_.clear();
+    req_skip_.clear();
     req_tokens_.clear();
     for (index_t s = 0; s < slots(); ++s) {
       if (!alive_[static_cast<std::size_t>(s)]) continue;
@@ -432,12 +450,19 @@ class search {
       if (live_.length[static_cast<std::size_t>(s)] > 0) {
         req_tokens_.push_back(live_.last(s));
         req_counts_.push_back(1);
+        req_skip_.push_back(0);
         continue;
       }
       const index_t b = s / K_, forced = std::min(prefix_length(b), max_steps_ - 1);
-      req_tokens_.push_back(o_.start_token.value_or(m_.config().bos_id));
+      if (prompts_) {  // the prompt; its rows but the last predict tokens of the prompt itself
+        const auto prompt = prompts_->sequence(b);
+        req_tokens_.insert(req_tokens_.end(), prompt.begin(), prompt.end());
+      } else {
+        req_tokens_.push_back(o_.start_token.value_or(m_.config().bos_id));
+      }
       for (index_t i = 0; i < forced; ++i) req_tokens_.push_back(o_.prefix[static_cast<std::size_t>(b)][static_cast<std::size_t>(i)]);
-      req_counts_.push_back(1 + forced);
+      req_counts_.push_back(lead_length(b) + forced);
+      req_skip_.push_back(lead_length(b) - 1);
     }
     auto rows = make_view(logits_.data(), static_cast<index_t>(req_tokens_.size()), V_);
     m_.decode_step(cache_, decode_request{req_slots_, req_tokens_, req_counts_, step_output::logits, o_.moe}, rows);
@@ -453,7 +478,8 @@ class search {
       bool stopped = false, free_row = false;
       for (; i < req_slots_.size() && req_slots_[i] / K_ == b; ++i) {
         const index_t s = req_slots_[i], count = req_counts_[i];
-        for (index_t j = 0; j < count; ++j, ++r) {
+        r += req_skip_[i];  // rows of prompt tokens followed by prompt tokens: nothing to choose
+        for (index_t j = req_skip_[i]; j < count; ++j, ++r) {
           if (stopped) continue;
           auto row = rows.row(r);
           const double lse = log_sum_exp(row);
@@ -645,7 +671,10 @@ class search {
 
   const model<Scalar>& m_;
   const generation_options& o_;
-  const index_t batch_, K_, V_, max_steps_;
+  const index_t batch_, K_, V_;
+  const token_batch* prompts_;  // decoder-only: the prompts; null otherwise
+  const index_t context_;       // decoder-only: the longest prompt (cached before the new tokens)
+  const index_t max_steps_;
   const std::vector<token_id> ends_;
   kv_cache<Scalar> cache_;
   tensor<Scalar> logits_;                // [rows of the largest step, V]
@@ -655,7 +684,7 @@ class search {
   std::vector<index_t> n_finished_;       // [batch]
   std::vector<char> alive_;               // [batch x K] live slots
   index_t live_sources_ = 0;
-  std::vector<index_t> req_slots_, req_counts_, parents_, order_;
+  std::vector<index_t> req_slots_, req_counts_, req_skip_, parents_, order_;
   std::vector<token_id> req_tokens_;
   std::vector<expansion> pool_, chosen_;  // one source's proposals; the ones kept
   std::vector<alternative> proposals_, row_alts_, step_alts_;  // step_alts_ [batch x K, n_alt]
@@ -677,9 +706,25 @@ std::vector<generation_result> generate(const model<Scalar>& m, const token_batc
     return generate(m, src, forced);
   }
   detail::validate(o, m.config(), src.size());
+  const bool lm = m.config().decoder_only();
+  if (lm) {  // the prompts: each at least one token, leaving room for a new one
+    if (o.start_token) {
+      throw invalid_argument("start_token", "a decoder-only model starts from each prompt, it takes no start token");
+    }
+    for (index_t b = 0; b < src.size(); ++b) {
+      if (src.length(b) == 0) {
+        throw invalid_argument("source", "prompt " + std::to_string(b) + " is empty, expected at least one token (e.g. bos)");
+      }
+      if (src.length(b) >= m.config().max_sequence_length()) {
+        throw invalid_argument("source", "prompt " + std::to_string(b) + ": " + std::to_string(src.length(b)) +
+                                             " tokens leave no room for a new one (max_positions " +
+                                             std::to_string(m.config().max_sequence_length()) + ")");
+      }
+    }
+  }
   detail::check_memory(m, o, src);
   const auto memory = m.encode(src, o.moe);
-  return detail::search<Scalar>(m, o, src.size()).run(memory);
+  return detail::search<Scalar>(m, o, src.size(), lm ? &src : nullptr).run(memory);
 }
 
 }  // namespace eigenformer

@@ -11,8 +11,9 @@
 // continue the history of slot parents[i].
 //
 // Layout (attention.hpp's kv_view, so cached self-attention and cross-attention share one kernel):
-//   self_kv(layer)   [n_slots * capacity, 2 d_model]: slot s, step t is row s * capacity + t;
-//                    columns [0, d_model) are k, [d_model, 2 d_model) are v.
+//   self_kv(layer)   [n_slots * capacity, 2 kv_dim]: slot s, step t is row s * capacity + t;
+//                    columns [0, kv_dim) are k, [kv_dim, 2 kv_dim) are v. kv_dim = d_model, or
+//                    n_kv_heads * d_head with grouped-query attention (only the KV heads are held).
 //   cross_kv(layer)  [n_src_tokens, 2 d_model], packed by source sequence (src_offsets()).
 #pragma once
 
@@ -52,6 +53,7 @@ struct decode_scratch {
   std::vector<index_t> positions;   // [n] position of each slot's first token (its steps)
   std::vector<index_t> src_offsets; // [n] first cross-attention key row of each slot's source
   std::vector<index_t> src_lengths; // [n] length of each slot's source
+  std::vector<index_t> row_positions; // [m] absolute position of each token fed (rotary positions)
   std::vector<char> seen;           // [n_slots] slot validation: each slot at most once
 };
 }  // namespace detail
@@ -66,6 +68,8 @@ class kv_cache {
   /// The most tokens a slot can consume.
   index_t capacity() const noexcept { return capacity_; }
   index_t d_model() const noexcept { return d_model_; }
+  /// Width of a cached key (and value) row: d_model, or n_kv_heads * d_head (grouped-query attention).
+  index_t kv_dim() const noexcept { return kv_dim_; }
   /// Source sequences of the encoder output the cache was started on.
   index_t n_sources() const noexcept { return static_cast<index_t>(src_lengths_.size()); }
 
@@ -83,14 +87,14 @@ class kv_cache {
                                                       std::to_string(n_slots_));
     }
     for (index_t p : parents) checked(p, "kv_cache::reorder: parent");
-    const std::size_t row_bytes = static_cast<std::size_t>(2 * d_model_) * sizeof(Scalar);
+    const std::size_t row_bytes = static_cast<std::size_t>(2 * kv_dim_) * sizeof(Scalar);
     for (std::size_t l = 0; l < self_kv_.size(); ++l) {
       spare_[l].resize(self_kv_[l].shape());
       for (index_t i = 0; i < n_slots_; ++i) {
         const index_t p = parents[static_cast<std::size_t>(i)];
         const index_t rows = steps_[static_cast<std::size_t>(p)];
         if (rows > 0) {
-          std::memcpy(spare_[l].data() + i * capacity_ * 2 * d_model_, self_kv_[l].data() + p * capacity_ * 2 * d_model_,
+          std::memcpy(spare_[l].data() + i * capacity_ * 2 * kv_dim_, self_kv_[l].data() + p * capacity_ * 2 * kv_dim_,
                       static_cast<std::size_t>(rows) * row_bytes);
         }
       }
@@ -111,15 +115,17 @@ class kv_cache {
   friend class model<Scalar>;
 
   /// Sizes the cache for `n_slots` hypotheses of up to `capacity` tokens each, over `n_layers`
-  /// decoder layers of width d_model, every slot at step 0. Storage is reused when large enough.
-  void reset(index_t n_layers, index_t n_slots, index_t capacity, index_t d_model) {
+  /// decoder layers of width d_model (keys and values kv_dim wide), every slot at step 0. Storage
+  /// is reused when large enough.
+  void reset(index_t n_layers, index_t n_slots, index_t capacity, index_t d_model, index_t kv_dim) {
     n_slots_ = n_slots;
     capacity_ = capacity;
     d_model_ = d_model;
+    kv_dim_ = kv_dim;
     self_kv_.resize(static_cast<std::size_t>(n_layers));
     spare_.resize(static_cast<std::size_t>(n_layers));
     cross_kv_.resize(static_cast<std::size_t>(n_layers));
-    for (auto& t : self_kv_) t.resize({n_slots * capacity, 2 * d_model});
+    for (auto& t : self_kv_) t.resize({n_slots * capacity, 2 * kv_dim});
     steps_.assign(static_cast<std::size_t>(n_slots), 0);
     slot_source_.assign(static_cast<std::size_t>(n_slots), 0);
     scratch_.seen.assign(static_cast<std::size_t>(n_slots), 0);
@@ -128,7 +134,7 @@ class kv_cache {
     scratch_.x.resize({std::max<index_t>(n_slots, 1), d_model});
     scratch_.q_offsets.reserve(n + 1);
     for (auto* v : {&scratch_.kv_offsets, &scratch_.kv_lengths, &scratch_.positions, &scratch_.src_offsets,
-                    &scratch_.src_lengths})
+                    &scratch_.src_lengths, &scratch_.row_positions})
       v->reserve(n);
   }
 
@@ -145,7 +151,7 @@ class kv_cache {
   }
 
   // state
-  index_t n_slots_ = 0, capacity_ = 0, d_model_ = 0;
+  index_t n_slots_ = 0, capacity_ = 0, d_model_ = 0, kv_dim_ = 0;
   std::vector<tensor<Scalar>> self_kv_, cross_kv_;
   std::vector<index_t> src_offsets_, src_lengths_, slot_source_, steps_;
   // storage that only serves reorder() and decode_step

@@ -11,12 +11,20 @@
 // of mixture-of-experts layers (moe_runtime.hpp: gate noise, router statistics): encode, decode,
 // score and decode_step take a moe_runtime (default: noise off, no statistics); in decode_step
 // each slot is a sequence of its own for the noise (sequence id = slot, position = its step).
+//
+// A decoder-only model (config.architecture "decoder-only": a Llama-family language model) has no
+// encoder: encode(prompts) only checks the prompts and gives an encoder output without rows, the
+// decoder layers have no cross-attention, and the prompt goes through decode_step as the first
+// tokens of each slot (one causal block). score(tgt) gives next-token log-probabilities of whole
+// sequences, through the same decode_step (a fresh cache, each sequence fed as one block).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <span>
 #include <string>
@@ -30,6 +38,7 @@
 #include "layers/encoder_layer.hpp"
 #include "moe_runtime.hpp"
 #include "positional.hpp"
+#include "rotary.hpp"
 #include "weights.hpp"
 
 namespace eigenformer {
@@ -80,6 +89,9 @@ class model {
   void log_probs(const_matrix_view<Scalar> hidden, matrix_view<Scalar> out) const;
   /// Log-probabilities [batch, tgt.max_length(), tgt_vocab]; rows past a sequence's end are 0.
   tensor<Scalar> score(const token_batch& src, const token_batch& tgt, const moe_runtime& moe = {}) const;
+  /// Decoder-only models: next-token log-probabilities [batch, tgt.max_length(), tgt_vocab] of
+  /// whole sequences (row t predicts token t + 1); rows past a sequence's end are 0.
+  tensor<Scalar> score(const token_batch& tgt, const moe_runtime& moe = {}) const;
 
   /// Prepares `cache` to decode `slots_per_source` hypotheses of every source of `memory`, each up
   /// to `max_steps` tokens: computes the cross-attention keys and values once. First compares the
@@ -123,6 +135,7 @@ class model {
   tensor<Scalar> src_embed_, tgt_embed_;   // [vocab, d_model] (src_embed_ empty when shared)
   tensor<Scalar> src_pos_, tgt_pos_;       // [max_positions, d_model]: learned (empty when sinusoidal)
   sinusoidal_positions<Scalar> sinusoid_;  // sinusoidal: rows computed where a token is embedded
+  std::optional<rotary_embedding<Scalar>> rope_;  // rotary positions (decoder-only)
   std::vector<encoder_layer<Scalar>> encoder_;
   std::vector<decoder_layer<Scalar>> decoder_;
   std::optional<layer_norm_layer<Scalar>> encoder_norm_, decoder_norm_;
@@ -142,7 +155,7 @@ model<Scalar>::model(const model_config& config, weight_map<Scalar>& w) : config
   const index_t d = c.d_model;
   tgt_embed_ = w.take("tgt_embed.weight", {c.tgt_vocab_size, d});
   parameters_ += tgt_embed_.size();
-  if (!c.share_embeddings) {
+  if (!c.share_embeddings && !c.decoder_only()) {  // decoder-only: the prompt is read with tgt_embed
     src_embed_ = w.take("src_embed.weight", {c.src_vocab_size, d});
     parameters_ += src_embed_.size();
   }
@@ -150,9 +163,19 @@ model<Scalar>::model(const model_config& config, weight_map<Scalar>& w) : config
     src_pos_ = w.take("src_pos.weight", {c.max_positions, d});
     tgt_pos_ = w.take("tgt_pos.weight", {c.max_positions, d});
     parameters_ += src_pos_.size() + tgt_pos_.size();
-  } else {
+  } else if (c.positional == positional_encoding::sinusoidal) {
     // No table: max_positions is a limit, not a size (a file may say 10^9 at no cost).
     sinusoid_ = sinusoidal_positions<Scalar>(d, c.sinusoidal, c.position_offset);
+  } else {
+    // Rotary: a cos/sin table of max_positions rows. In float the angles are float32, as
+    // transformers computes them; in double they are double (a true float64 computation).
+    rotary_parameters p;
+    p.head_dim = c.d_head();
+    p.theta = c.rope_theta;
+    p.scaling_factor = c.rope_scaling_factor;
+    p.max_positions = c.max_positions;
+    p.float32_angles = !std::is_same_v<Scalar, double>;
+    rope_.emplace(p);
   }
   if (c.embedding_norm) {
     src_embed_norm_ = layer_norm_layer<Scalar>::load(w, "transformer.encoder.embed_norm", d, c.layer_norm_eps);
@@ -172,7 +195,8 @@ model<Scalar>::model(const model_config& config, weight_map<Scalar>& w) : config
     parameters_ += encoder_norm_->parameter_count();
   }
   if (c.decoder_final_norm) {
-    decoder_norm_ = layer_norm_layer<Scalar>::load(w, "transformer.decoder.norm", d, c.layer_norm_eps);
+    decoder_norm_ = c.norm == normalization::rms_norm ? layer_norm_layer<Scalar>::load_rms(w, "transformer.decoder.norm", d, c.layer_norm_eps)
+                                                      : layer_norm_layer<Scalar>::load(w, "transformer.decoder.norm", d, c.layer_norm_eps);
     parameters_ += decoder_norm_->parameter_count();
   }
   if (!c.tie_output) generator_.weight = w.take("generator.weight", {c.tgt_vocab_size, d});
@@ -217,6 +241,11 @@ void model<Scalar>::embed(side s, std::span<const token_id> tokens, index_t firs
       row = make_view(table.data() + tokens[static_cast<std::size_t>(i)] * d, 1, d) * embed_scale_ +
             make_view(pos.data() + p * d, 1, d);
     }
+  } else if (config_.positional == positional_encoding::rotary) {
+    for (index_t i = 0; i < n; ++i) {  // no position vector: rotary positions turn q and k instead
+      auto row = make_view(out + i * d, 1, d);
+      row = make_view(table.data() + tokens[static_cast<std::size_t>(i)] * d, 1, d) * embed_scale_;
+    }
   } else {
     for (index_t i = 0; i < n; ++i) {  // the position's row first, in place, then the token's
       Scalar* o = out + i * d;
@@ -234,6 +263,11 @@ template <class Scalar>
 encoder_output<Scalar> model<Scalar>::encode(const token_batch& src, const moe_runtime& moe) const {
   check_batch(src, side::src);
   encoder_output<Scalar> out;
+  if (config_.decoder_only()) {  // no encoder: no rows for any source (the prompts are fed by decode_step)
+    out.offsets.assign(static_cast<std::size_t>(src.size()) + 1, 0);
+    out.memory.resize({0, config_.d_model});
+    return out;
+  }
   out.offsets = src.offsets;
   out.memory.resize({src.total(), config_.d_model});
   for (index_t b = 0; b < src.size(); ++b) {
@@ -249,6 +283,9 @@ encoder_output<Scalar> model<Scalar>::encode(const token_batch& src, const moe_r
 template <class Scalar>
 tensor<Scalar> model<Scalar>::decode(const encoder_output<Scalar>& memory, const token_batch& tgt,
                                      const moe_runtime& moe) const {
+  if (config_.decoder_only()) {
+    throw invalid_argument("decode", "a decoder-only model has no encoder output to decode from; use score(tgt) or decode_step");
+  }
   check_batch(tgt, side::tgt);
   if (tgt.size() != memory.batch()) {
     throw invalid_argument("decode: " + std::to_string(tgt.size()) + " target sequences for " +
@@ -282,6 +319,9 @@ void model<Scalar>::log_probs(const_matrix_view<Scalar> hidden, matrix_view<Scal
 
 template <class Scalar>
 tensor<Scalar> model<Scalar>::score(const token_batch& src, const token_batch& tgt, const moe_runtime& moe) const {
+  if (config_.decoder_only()) {
+    throw invalid_argument("score", "a decoder-only model scores sequences alone: use score(tgt)");
+  }
   if (src.size() != tgt.size()) {
     throw invalid_argument("score: " + std::to_string(src.size()) + " source and " + std::to_string(tgt.size()) +
                            " target sequences, expected as many of each");
@@ -303,16 +343,51 @@ tensor<Scalar> model<Scalar>::score(const token_batch& src, const token_batch& t
 }
 
 template <class Scalar>
+tensor<Scalar> model<Scalar>::score(const token_batch& tgt, const moe_runtime& moe) const {
+  if (!config_.decoder_only()) {
+    throw invalid_argument("score", "an encoder-decoder model scores a target given its source: use score(src, tgt)");
+  }
+  check_batch(tgt, side::tgt);
+  const index_t V = config_.tgt_vocab_size, T = tgt.max_length(), B = tgt.size();
+  tensor<Scalar> out({B, T, V});  // zero-filled: positions past a sequence's end stay 0
+  if (T == 0) return out;
+  // Teacher forcing is prefill: each non-empty sequence is one causal block of its own slot.
+  encoder_output<Scalar> none;
+  none.offsets.assign(static_cast<std::size_t>(B) + 1, 0);
+  none.memory.resize({0, config_.d_model});
+  kv_cache<Scalar> cache;
+  start_decoding(none, 1, T, cache, std::numeric_limits<std::uint64_t>::max());
+  std::vector<index_t> slots, counts;
+  std::vector<token_id> tokens;
+  for (index_t b = 0; b < B; ++b) {
+    if (tgt.length(b) == 0) continue;
+    slots.push_back(b);
+    counts.push_back(tgt.length(b));
+    const auto seq = tgt.sequence(b);
+    tokens.insert(tokens.end(), seq.begin(), seq.end());
+  }
+  tensor<Scalar> packed({static_cast<index_t>(tokens.size()), V});
+  decode_step(cache, decode_request{slots, tokens, counts, step_output::log_probs, moe}, packed.matrix());
+  index_t row = 0;
+  for (std::size_t i = 0; i < slots.size(); ++i) {
+    std::memcpy(out.data() + slots[i] * T * V, packed.data() + row * V, static_cast<std::size_t>(counts[i] * V) * sizeof(Scalar));
+    row += counts[i];
+  }
+  return out;
+}
+
+template <class Scalar>
 std::uint64_t model<Scalar>::cache_bytes(index_t n_sources, index_t source_tokens, index_t longest_source,
                                          index_t slots_per_source, index_t max_steps) const {
   using detail::sat_add;
   using detail::sat_mul;
   using detail::u64;
   const std::uint64_t L = decoder_.size(), d = u64(config_.d_model), f = u64(config_.d_ff), sz = sizeof(Scalar);
+  const std::uint64_t kvd = u64(config_.kv_heads() * config_.d_head());  // only the KV heads are cached
   const std::uint64_t slots = sat_mul(u64(n_sources), u64(slots_per_source));
-  std::uint64_t self = sat_mul({L, slots, u64(max_steps), 2 * d, sz});
+  std::uint64_t self = sat_mul({L, slots, u64(max_steps), 2 * kvd, sz});
   if (slots_per_source > 1) self = sat_mul(self, 2);  // reorder()'s second buffer
-  const std::uint64_t cross = sat_mul({L, u64(source_tokens), 2 * d, sz});
+  const std::uint64_t cross = config_.decoder_only() ? 0 : sat_mul({L, u64(source_tokens), 2 * d, sz});
   // Step scratch: x, the layers' workspace for one row per slot (qkv, q, ctx, sub, normed:
   // 7 d_model; the feed-forward's d_ff, or k of them in a mixture-of-experts layer), the attention
   // scores of every thread, and the per-slot index vectors.
@@ -350,9 +425,14 @@ void model<Scalar>::start_decoding(const encoder_output<Scalar>& memory, index_t
                                                  detail::bytes_string(need) + ", over the limit of " +
                                                  detail::bytes_string(max_bytes) + "; raise max_bytes");
   }
-  cache.reset(static_cast<index_t>(decoder_.size()), batch * slots_per_source, max_steps, d);
+  cache.reset(static_cast<index_t>(decoder_.size()), batch * slots_per_source, max_steps, d,
+              config_.kv_heads() * config_.d_head());
   for (std::size_t l = 0; l < decoder_.size(); ++l) {
     auto& kv = cache.cross_kv_[l];
+    if (!decoder_[l].has_cross) {  // decoder-only: nothing to attend to but the cache
+      kv.resize({0, 2 * d});
+      continue;
+    }
     kv.resize({memory.memory.dim(0), 2 * d});
     cross_kv(decoder_[l].cross_attn, memory.memory.matrix(), kv.matrix());
   }
@@ -369,6 +449,7 @@ template <class Scalar>
 void model<Scalar>::check_request(kv_cache<Scalar>& cache, const decode_request& r, matrix_view<Scalar> out) const {
   const index_t n = static_cast<index_t>(r.slots.size()), d = config_.d_model;
   if (cache.n_layers() != static_cast<index_t>(decoder_.size()) || cache.d_model() != d || cache.n_slots() < 1 ||
+      cache.kv_dim() != config_.kv_heads() * config_.d_head() ||
       static_cast<index_t>(cache.src_offsets_.size()) != cache.n_sources() + 1) {
     throw invalid_argument("decode_step: cache", "not prepared by start_decoding for this model (" +
                                                      std::to_string(cache.n_layers()) + " layers of width " +
@@ -431,7 +512,9 @@ void model<Scalar>::decode_step(kv_cache<Scalar>& cache, const decode_request& r
   sc.kv_lengths.clear();
   sc.src_offsets.clear();
   sc.src_lengths.clear();
+  sc.row_positions.clear();
   sc.x.resize({m, d});
+  const index_t kvd = cache.kv_dim();
   index_t row = 0;
   for (index_t i = 0; i < n; ++i) {
     const index_t s = request.slots[static_cast<std::size_t>(i)];
@@ -443,6 +526,8 @@ void model<Scalar>::decode_step(kv_cache<Scalar>& cache, const decode_request& r
     sc.kv_offsets.push_back(s * cap);
     sc.kv_lengths.push_back(t + count);
     sc.positions.push_back(t);
+    if (rope_)
+      for (index_t j = 0; j < count; ++j) sc.row_positions.push_back(t + j);
     const auto src = static_cast<std::size_t>(cache.slot_source_[static_cast<std::size_t>(s)]);
     sc.src_offsets.push_back(cache.src_offsets_[src]);
     sc.src_lengths.push_back(cache.src_lengths_[src]);
@@ -456,18 +541,22 @@ void model<Scalar>::decode_step(kv_cache<Scalar>& cache, const decode_request& r
     const auto& layer = decoder_[l];
     Scalar* self_kv = cache.self_kv_[l].data();
     const kv_view<Scalar> mem{cache.cross_kv_[l].data(), 2 * d, sc.src_offsets, sc.src_lengths, false};
-    const kv_view<Scalar> cached{self_kv, 2 * d, sc.kv_offsets, sc.kv_lengths, true};
+    const kv_view<Scalar> cached{self_kv, 2 * kvd, sc.kv_offsets, sc.kv_lengths, true};
     auto cached_self_attention = [&](const auto& input, const auto& sub) {
       // Project the new tokens' keys and values, append them to their slots' rows, then attend
       // (causally: a slot's token j sees the cache and the slot's tokens up to j).
-      ws.qkv.resize({m, 2 * d});
+      // Rotary positions turn the keys (at each token's absolute position) before they are cached,
+      // and the queries inside attention_over_kv.
+      ws.qkv.resize({m, 2 * kvd});
       linear(input, layer.self_attn.kv_weight(), layer.self_attn.kv_bias(), ws.qkv.matrix());
+      if (rope_) rope_->apply(make_view(ws.qkv.data(), m, kvd, 2 * kvd), sc.row_positions);
       for (index_t i = 0; i < n; ++i) {
         const index_t first = sc.q_offsets[static_cast<std::size_t>(i)], rows = sc.q_offsets[static_cast<std::size_t>(i) + 1] - first;
         const index_t dest = sc.kv_offsets[static_cast<std::size_t>(i)] + sc.positions[static_cast<std::size_t>(i)];
-        std::memcpy(self_kv + dest * 2 * d, ws.qkv.data() + first * 2 * d, static_cast<std::size_t>(rows * 2 * d) * sizeof(Scalar));
+        std::memcpy(self_kv + dest * 2 * kvd, ws.qkv.data() + first * 2 * kvd, static_cast<std::size_t>(rows * 2 * kvd) * sizeof(Scalar));
       }
-      attention_over_kv(layer.self_attn, input, sc.q_offsets, cached, sub, ws);
+      attention_over_kv(layer.self_attn, input, sc.q_offsets, cached, sub, ws, rope_ ? &*rope_ : nullptr,
+                        std::span<const index_t>(sc.row_positions));
     };
     layer.forward(sc.x.matrix(), ctx, mem, cached_self_attention, ws);
   }

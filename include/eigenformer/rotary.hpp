@@ -35,6 +35,9 @@ struct rotary_parameters {
   double theta = 10000.0;        // rope_theta: > 0, finite
   double scaling_factor = 1.0;   // rope_scaling {"rope_type": "linear", "factor": f}; 1 = none; > 0
   index_t max_positions = 2048;  // max_position_embeddings: rows of the table, 1 to 2^24
+  /// true: inv_freq and the angles in float32, as transformers computes them (the default);
+  /// false: in double throughout (a true float64 computation, e.g. for a double model).
+  bool float32_angles = true;
 };
 
 /// A precomputed cos/sin table [max_positions, head_dim / 2] and the rotation it applies in place.
@@ -61,6 +64,17 @@ class rotary_embedding {
       float f = 1.0f / power;
       if (p.scaling_factor != 1.0) f = f / factor;  // _compute_linear_scaling_rope_parameters
       inv_freq[static_cast<std::size_t>(i)] = f;
+    }
+    if (!p.float32_angles) {
+      for (index_t pos = 0; pos < p.max_positions; ++pos) {
+        for (index_t i = 0; i < h; ++i) {
+          const double f = 1.0 / std::pow(p.theta, static_cast<double>(2 * i) / static_cast<double>(p.head_dim)) / p.scaling_factor;
+          const double angle = static_cast<double>(pos) * f;
+          cos_.data()[pos * h + i] = static_cast<Scalar>(std::cos(angle));
+          sin_.data()[pos * h + i] = static_cast<Scalar>(std::sin(angle));
+        }
+      }
+      return;
     }
     for (index_t pos = 0; pos < p.max_positions; ++pos) {
       Scalar* c = cos_.data() + pos * h;  // row pos of [max_positions, h]

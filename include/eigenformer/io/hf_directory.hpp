@@ -18,6 +18,16 @@
 // the config are not this class's business, except forced_bos_token_id (a one-token prefix that
 // generate() forces unless given another) and the decoder start token.
 //
+// Decoder-only language models (architecture "decoder-only"), as LlamaForCausalLM and its kin:
+//   llama     RMSNorm, rotary positions (rope_theta; rope_scaling null or linear), grouped-query
+//             attention (num_key_value_heads), SwiGLU MLP, attention_bias (q, k, v and o) or none,
+//             lm_head or tie_word_embeddings
+//   mistral   as llama, no biases; sliding_window null or >= max_position_embeddings (no window)
+//   qwen2     as llama with biases on q, k and v only; use_sliding_window false
+// Tensors: model.embed_tokens, model.layers.i.{input_layernorm, post_attention_layernorm},
+// self_attn.{q,k,v,o}_proj (q, k, v fused into one in_proj of rows q, k, v), mlp.{gate,up,down}_proj,
+// model.norm, lm_head (unless tied).
+//
 // Strict: a model_type or a key whose value would change the computation that is not implemented
 // is a config_error naming the key and value; a key outside the lists below is an error too, so that
 // a checkpoint of a newer transformers is refused rather than approximated. Every tensor of the
@@ -63,8 +73,10 @@ class hf_directory {
     find_shards();
     // One embedding table when the encoder's and decoder's are one tensor, which transformers saves
     // once (model.shared.weight); two when the checkpoint holds each side's own.
-    config_.share_embeddings =
-        !(shard_of_.count("model.encoder.embed_tokens.weight") && shard_of_.count("model.decoder.embed_tokens.weight"));
+    if (!config_.decoder_only()) {
+      config_.share_embeddings =
+          !(shard_of_.count("model.encoder.embed_tokens.weight") && shard_of_.count("model.decoder.embed_tokens.weight"));
+    }
     try {
       config_.validate();
     } catch (const config_error& e) {
@@ -93,6 +105,10 @@ class hf_directory {
   std::string where(const char* file) const { return (dir_ / file).string(); }
 
   void parse_config();
+  /// llama, mistral, qwen2: the decoder-only families.
+  void parse_lm_config(const nlohmann::json& j);
+  template <class Scalar>
+  weight_map<Scalar> read_lm_weights() const;
   void find_shards();
 
   std::filesystem::path dir_;
@@ -169,11 +185,12 @@ inline void hf_directory::parse_config() {
   const nlohmann::json* type = get("model_type");
   if (!type || !type->is_string()) throw bad("model_type", "a string");
   model_type_ = type->get<std::string>();
+  if (model_type_ == "llama" || model_type_ == "mistral" || model_type_ == "qwen2") return parse_lm_config(j);
   const bool marian = model_type_ == "marian", bart = model_type_ == "bart", mbart = model_type_ == "mbart",
              m2m = model_type_ == "m2m_100";
   if (!marian && !bart && !mbart && !m2m) {
     throw config_error(file + ": model_type '" + detail::text_excerpt(model_type_) +
-                       "' is not supported, expected marian, bart, mbart or m2m_100");
+                       "' is not supported, expected marian, bart, mbart, m2m_100, llama, mistral or qwen2");
   }
   model_config& c = config_;
   c.d_model = integer("d_model");
@@ -267,6 +284,141 @@ inline void hf_directory::parse_config() {
   }
 }
 
+inline void hf_directory::parse_lm_config(const nlohmann::json& j) {
+  const std::string file = where("config.json");
+  std::set<std::string, std::less<>> used = {"model_type"};
+  auto get = [&](std::string_view key) -> const nlohmann::json* {
+    used.insert(std::string(key));
+    const auto it = j.find(std::string(key));
+    return it == j.end() || it->is_null() ? nullptr : &*it;
+  };
+  auto bad = [&](std::string_view key, const std::string& expected) -> config_error {
+    const auto it = j.find(std::string(key));
+    return config_error(file + ": " + std::string(key) + ": " +
+                        (it == j.end() ? std::string("missing") : detail::json_excerpt(*it)) + ", expected " + expected);
+  };
+  auto integer = [&](std::string_view key, std::optional<index_t> fallback = std::nullopt) -> index_t {
+    const nlohmann::json* v = get(key);
+    if (!v) {
+      if (fallback) return *fallback;
+      throw bad(key, "an integer");
+    }
+    if (!v->is_number_integer() || v->get<std::int64_t>() < 0 || v->get<std::int64_t>() > INT32_MAX) {
+      throw bad(key, "an integer from 0 to 2147483647");
+    }
+    return static_cast<index_t>(v->get<std::int64_t>());
+  };
+  auto number = [&](std::string_view key, double fallback) {
+    const nlohmann::json* v = get(key);
+    if (!v) return fallback;
+    if (!v->is_number() || !std::isfinite(v->get<double>()) || !(v->get<double>() > 0)) throw bad(key, "a positive number");
+    return v->get<double>();
+  };
+  auto boolean = [&](std::string_view key, bool fallback) {
+    const nlohmann::json* v = get(key);
+    if (!v) return fallback;
+    if (!v->is_boolean()) throw bad(key, "true or false");
+    return v->get<bool>();
+  };
+  const bool qwen2 = model_type_ == "qwen2", mistral = model_type_ == "mistral";
+  model_config& c = config_;
+  c.architecture = "decoder-only";
+  c.d_model = integer("hidden_size");
+  c.n_heads = integer("num_attention_heads");
+  c.n_kv_heads = integer("num_key_value_heads", c.n_heads);
+  if (c.n_kv_heads == 0 || (c.n_heads > 0 && c.n_heads % c.n_kv_heads != 0)) {
+    throw bad("num_key_value_heads", "a divisor of num_attention_heads (" + std::to_string(c.n_heads) + ")");
+  }
+  if (c.n_kv_heads == c.n_heads) c.n_kv_heads = 0;  // plain multi-head attention: the default
+  c.d_ff = integer("intermediate_size");
+  c.n_encoder_layers = 0;
+  c.n_decoder_layers = integer("num_hidden_layers");
+  c.src_vocab_size = c.tgt_vocab_size = integer("vocab_size");
+  if (const nlohmann::json* h = get("head_dim"); h && (c.n_heads <= 0 || !h->is_number_integer() ||
+                                                        h->get<std::int64_t>() * c.n_heads != c.d_model)) {
+    throw bad("head_dim", "hidden_size / num_attention_heads (a head dimension of its own is not supported)");
+  }
+  {
+    const nlohmann::json* a = get("hidden_act");
+    if (a && !(a->is_string() && (a->get<std::string>() == "silu" || a->get<std::string>() == "swish"))) {
+      throw bad("hidden_act", "silu (the SwiGLU feed-forward)");
+    }
+  }
+  c.activation_kind = activation::silu;
+  c.ff = feed_forward_kind::gated;
+  c.norm = normalization::rms_norm;
+  c.layer_norm_eps = number("rms_norm_eps", 1e-6);
+  c.norm_first = true;
+  c.encoder_final_norm = false;
+  c.decoder_final_norm = true;
+  c.embedding_norm = false;
+  c.scale_embedding = false;
+  c.share_embeddings = false;
+  c.positional = positional_encoding::rotary;
+  c.max_positions = integer("max_position_embeddings", 2048);
+  c.rope_theta = number("rope_theta", 10000.0);
+  if (const nlohmann::json* r = get("rope_scaling")) {
+    // {"type": "linear", "factor": f} (transformers adds "rope_type": "linear"); other kinds change the
+    // frequencies in ways not implemented here.
+    if (!r->is_object()) throw bad("rope_scaling", "null or an object");
+    std::string kind;
+    double factor = 0;
+    for (const auto& [k, v] : r->items()) {
+      if ((k == "type" || k == "rope_type") && v.is_string()) {
+        if (!kind.empty() && kind != v.get<std::string>()) throw bad("rope_scaling", "one rope_type");
+        kind = v.get<std::string>();
+      } else if (k == "factor" && v.is_number()) {
+        factor = v.get<double>();
+      } else {
+        throw config_error(file + ": rope_scaling." + detail::text_excerpt(k) + ": " + detail::json_excerpt(v) +
+                           " is not supported (only {\"type\": \"linear\", \"factor\": f})");
+      }
+    }
+    if (kind != "linear") {
+      throw config_error(file + ": rope_scaling: type '" + detail::text_excerpt(kind) +
+                         "' is not supported, expected 'linear' (or null)");
+    }
+    if (!(factor > 0) || !std::isfinite(factor)) throw bad("rope_scaling", "a positive 'factor'");
+    c.rope_scaling_factor = factor;
+  }
+  if (qwen2) {
+    c.attn_bias = attention_bias::qkv;  // Qwen2Attention: q, k, v biases; o_proj none
+    if (boolean("use_sliding_window", false)) {
+      throw bad("use_sliding_window", "false (sliding-window attention is not supported)");
+    }
+    get("sliding_window");     // not used while use_sliding_window is false
+    get("max_window_layers");  // idem
+  } else {
+    c.attn_bias = boolean("attention_bias", false) ? attention_bias::all : attention_bias::none;
+    if (mistral) {
+      c.attn_bias = attention_bias::none;
+      used.erase("attention_bias");  // MistralConfig has no such key
+      if (const nlohmann::json* w = get("sliding_window");
+          w && !(w->is_number_integer() && w->get<std::int64_t>() >= c.max_positions)) {
+        throw bad("sliding_window", "null or at least max_position_embeddings " + std::to_string(c.max_positions) +
+                                        " (sliding-window attention is not supported)");
+      }
+    } else if (boolean("mlp_bias", false)) {
+      throw bad("mlp_bias", "false (feed-forward biases are not supported)");
+    }
+  }
+  c.tie_output = boolean("tie_word_embeddings", false);
+  const index_t eos = integer("eos_token_id");
+  c.eos_id = static_cast<token_id>(eos);
+  c.bos_id = static_cast<token_id>(integer("bos_token_id", eos));  // not used: the prompt starts as the caller says
+  c.pad_id = static_cast<token_id>(integer("pad_token_id", eos));
+  static const std::set<std::string, std::less<>> lm_ignored = {
+      "_name_or_path", "architectures", "transformers_version", "torch_dtype", "use_cache", "attention_dropout",
+      "initializer_range", "pretraining_tp", "tokenizer_class", "return_dict", "output_hidden_states",
+      "output_attentions", "id2label", "label2id", "num_labels", "problem_type", "max_length", "min_length"};
+  for (const auto& [key, value] : j.items()) {
+    if (used.count(key) == 0 && lm_ignored.count(key) == 0) {
+      throw config_error(file + ": key '" + detail::text_excerpt(key) + "' (" + detail::json_excerpt(value) +
+                         ") is not supported for model_type " + model_type_);
+    }
+  }
+}
+
 inline void hf_directory::find_shards() {
   const bool single = std::filesystem::exists(dir_ / "model.safetensors");
   const bool sharded = std::filesystem::exists(dir_ / "model.safetensors.index.json");
@@ -302,6 +454,7 @@ inline void hf_directory::find_shards() {
 
 template <class Scalar>
 weight_map<Scalar> hf_directory::read_weights() const {
+  if (config_.decoder_only()) return read_lm_weights<Scalar>();
   const model_config& c = config_;
   const index_t d = c.d_model;
   // The shards, each opened once; a tensor the index does not list is an error.
@@ -428,6 +581,76 @@ weight_map<Scalar> hf_directory::read_weights() const {
   }
   if (c.encoder_final_norm) norm("model.encoder.layer_norm", "transformer.encoder.norm");
   if (c.decoder_final_norm) norm("model.decoder.layer_norm", "transformer.decoder.norm");
+  if (!unused.empty()) {
+    const std::string& name = *unused.begin();
+    throw format_error((dir_ / shard_of_.at(name)).string() + ": unexpected tensor '" +
+                       detail::text_excerpt(name, 128) + "' for model_type " + model_type_ + " (" +
+                       std::to_string(unused.size()) + " tensor(s) not used)");
+  }
+  return w;
+}
+
+}  // namespace eigenformer::io
+
+namespace eigenformer::io {
+
+template <class Scalar>
+weight_map<Scalar> hf_directory::read_lm_weights() const {
+  const model_config& c = config_;
+  const index_t d = c.d_model, kvd = c.kv_heads() * c.d_head(), rows = d + 2 * kvd;
+  std::map<std::string, std::unique_ptr<safetensors_file>> shards;
+  for (const auto& [name, shard] : shard_of_) {
+    auto& f = shards[shard];
+    if (!f) f = std::make_unique<safetensors_file>(dir_ / shard);
+    if (!f->contains(name)) {
+      throw format_error(f->path().string() + ": tensor '" + detail::text_excerpt(name, 128) +
+                         "' is missing (model.safetensors.index.json lists it in this shard)");
+    }
+  }
+  std::set<std::string> unused;
+  for (const auto& [name, shard] : shard_of_) unused.insert(name);
+  auto has = [&](const std::string& name) { return shard_of_.count(name) != 0; };
+  auto read = [&](const std::string& name, const tensor_shape& shape) {
+    const auto it = shard_of_.find(name);
+    if (it == shard_of_.end()) throw format_error(dir_.string() + ": tensor '" + name + "' is missing");
+    const safetensors_file& f = *shards.at(it->second);
+    check_shape(f.path().string() + ": tensor '" + name + "'", f.info(name).shape, shape.dims());
+    unused.erase(name);
+    return read_finite_tensor<Scalar>(f, name);
+  };
+  weight_map<Scalar> w(dir_.string());
+  w.insert("tgt_embed.weight", read("model.embed_tokens.weight", {c.tgt_vocab_size, d}));
+  if (!c.tie_output) {
+    w.insert("generator.weight", read("lm_head.weight", {c.tgt_vocab_size, d}));
+  } else if (has("lm_head.weight")) {
+    read("lm_head.weight", {c.tgt_vocab_size, d});  // tied: transformers replaces it by the embedding
+  }
+  for (index_t i = 0; i < c.n_decoder_layers; ++i) {
+    const std::string hf = "model.layers." + std::to_string(i), ours = "transformer.decoder.layers." + std::to_string(i);
+    // q, k and v stacked into one [d + 2 kv_dim, d] projection: rows q, then k, then v.
+    tensor<Scalar> in_w({rows, d}), in_b({rows});
+    index_t at = 0;
+    for (const char* p : {"q_proj", "k_proj", "v_proj"}) {
+      const index_t out = std::string_view(p) == "q_proj" ? d : kvd;
+      const auto wt = read(hf + ".self_attn." + p + ".weight", {out, d});
+      std::copy_n(wt.data(), out * d, in_w.data() + at * d);
+      if (c.attn_bias != attention_bias::none) {
+        const auto bs = read(hf + ".self_attn." + p + ".bias", {out});
+        std::copy_n(bs.data(), out, in_b.data() + at);
+      }
+      at += out;
+    }
+    w.insert(ours + ".self_attn.in_proj_weight", std::move(in_w));
+    if (c.attn_bias != attention_bias::none) w.insert(ours + ".self_attn.in_proj_bias", std::move(in_b));
+    w.insert(ours + ".self_attn.out_proj.weight", read(hf + ".self_attn.o_proj.weight", {d, d}));
+    if (c.attn_bias == attention_bias::all) w.insert(ours + ".self_attn.out_proj.bias", read(hf + ".self_attn.o_proj.bias", {d}));
+    w.insert(ours + ".norm1.weight", read(hf + ".input_layernorm.weight", {d}));
+    w.insert(ours + ".norm3.weight", read(hf + ".post_attention_layernorm.weight", {d}));
+    w.insert(ours + ".gate_proj.weight", read(hf + ".mlp.gate_proj.weight", {c.d_ff, d}));
+    w.insert(ours + ".up_proj.weight", read(hf + ".mlp.up_proj.weight", {c.d_ff, d}));
+    w.insert(ours + ".down_proj.weight", read(hf + ".mlp.down_proj.weight", {d, c.d_ff}));
+  }
+  w.insert("transformer.decoder.norm.weight", read("model.norm.weight", {d}));
   if (!unused.empty()) {
     const std::string& name = *unused.begin();
     throw format_error((dir_ / shard_of_.at(name)).string() + ": unexpected tensor '" +

@@ -23,10 +23,25 @@ struct decoder_layer {
   feed_forward_block<Scalar> ff;         // dense, or mixture of experts
   layer_norm_layer<Scalar> norm1, norm2, norm3;
   bool norm_first = false;
+  /// false in a decoder-only model: no cross-attention (and no norm2); the pre-norm layer is
+  /// x = x + SA(norm1(x)); x = x + FF(norm3(x)).
+  bool has_cross = true;
 
   /// Takes the tensors of decoder layer `index`, named under `scope` (e.g. "transformer.decoder.layers.0").
   static decoder_layer load(weight_map<Scalar>& w, const std::string& scope, const model_config& c, index_t index) {
     decoder_layer l;
+    if (c.decoder_only()) {  // tensors: self_attn.*, norm1, norm3 (before the feed-forward), the feed-forward's
+      l.self_attn = attention_weights<Scalar>::load_grouped(w, scope + ".self_attn", c.d_model, c.n_heads, c.kv_heads(), c.attn_bias);
+      l.ff = feed_forward_block<Scalar>::load(w, scope, c, decoder_moe_id(c, index));
+      const bool rms = c.norm == normalization::rms_norm;
+      l.norm1 = rms ? layer_norm_layer<Scalar>::load_rms(w, scope + ".norm1", c.d_model, c.layer_norm_eps)
+                    : layer_norm_layer<Scalar>::load(w, scope + ".norm1", c.d_model, c.layer_norm_eps);
+      l.norm3 = rms ? layer_norm_layer<Scalar>::load_rms(w, scope + ".norm3", c.d_model, c.layer_norm_eps)
+                    : layer_norm_layer<Scalar>::load(w, scope + ".norm3", c.d_model, c.layer_norm_eps);
+      l.norm_first = true;
+      l.has_cross = false;
+      return l;
+    }
     l.self_attn = attention_weights<Scalar>::load(w, scope + ".self_attn", c.d_model, c.n_heads);
     l.cross_attn = attention_weights<Scalar>::load(w, scope + ".multihead_attn", c.d_model, c.n_heads);
     l.ff = feed_forward_block<Scalar>::load(w, scope, c, decoder_moe_id(c, index));
@@ -60,9 +75,11 @@ struct decoder_layer {
       norm1(x, normed);
       self_attention_fn(normed, sub);
       x += sub;
-      norm2(x, normed);
-      cross(normed);
-      x += sub;
+      if (has_cross) {
+        norm2(x, normed);
+        cross(normed);
+        x += sub;
+      }
       norm3(x, normed);
       ff(normed, sub, ctx, ws);
       x += sub;

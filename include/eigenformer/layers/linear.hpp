@@ -34,15 +34,20 @@ struct linear_layer {
   }
 };
 
-/// nn.LayerNorm's weight and bias [d_model], with its eps.
+/// nn.LayerNorm's weight and bias [d_model], with its eps; or, with `rms`, an RMSNorm (weight only).
 template <class Scalar>
 struct layer_norm_layer {
   tensor<Scalar> weight;  // [d_model]
-  tensor<Scalar> bias;    // [d_model]
+  tensor<Scalar> bias;    // [d_model] (empty for RMSNorm)
   Scalar eps = Scalar(1e-5);
+  bool rms = false;
 
   static layer_norm_layer load(weight_map<Scalar>& w, const std::string& scope, index_t d_model, double eps) {
-    return {w.take(scope + ".weight", {d_model}), w.take(scope + ".bias", {d_model}), static_cast<Scalar>(eps)};
+    return {w.take(scope + ".weight", {d_model}), w.take(scope + ".bias", {d_model}), static_cast<Scalar>(eps), false};
+  }
+  /// RMSNorm: `<scope>.weight` only.
+  static layer_norm_layer load_rms(weight_map<Scalar>& w, const std::string& scope, index_t d_model, double eps) {
+    return {w.take(scope + ".weight", {d_model}), {}, static_cast<Scalar>(eps), true};
   }
 
   index_t parameter_count() const noexcept { return weight.size() + bias.size(); }
@@ -50,7 +55,11 @@ struct layer_norm_layer {
   /// y = LayerNorm(x), row-wise; y may be x.
   template <class X, class Y>
   void operator()(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<Y>& y) const {
-    layer_norm(x, weight.values(), bias.values(), eps, y);
+    if (rms) {
+      rms_norm(x, weight.values(), eps, y);
+    } else {
+      layer_norm(x, weight.values(), bias.values(), eps, y);
+    }
   }
 };
 

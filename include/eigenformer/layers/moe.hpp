@@ -37,6 +37,7 @@
 #include "../threads.hpp"
 #include "../workspace.hpp"
 #include "feed_forward.hpp"
+#include "gated_feed_forward.hpp"
 #include "linear.hpp"
 
 namespace eigenformer {
@@ -266,18 +267,21 @@ class moe_layer {
 };
 
 /// The feed-forward sublayer of an encoder or decoder layer: the dense block, or a mixture of
-/// experts when config.moe lists the layer. One branch per call, no virtual dispatch.
+/// experts when config.moe lists the layer, or the gated (SwiGLU) block of a config whose
+/// feed_forward is "gated". One branch per call, no virtual dispatch.
 template <class Scalar>
 class feed_forward_block {
  public:
   feed_forward_block() = default;
   explicit feed_forward_block(feed_forward<Scalar> dense) : impl_(std::move(dense)) {}
   explicit feed_forward_block(moe_layer<Scalar> moe) : impl_(std::move(moe)) {}
+  explicit feed_forward_block(gated_feed_forward<Scalar> gated) : impl_(std::move(gated)) {}
 
   /// Loads layer `scope`: MoE if `moe_id` >= 0 (its number among the model's MoE layers), dense otherwise.
   static feed_forward_block load(weight_map<Scalar>& w, const std::string& scope, const model_config& c,
                                  index_t moe_id) {
     if (moe_id >= 0) return feed_forward_block(moe_layer<Scalar>::load(w, scope, c, moe_id));
+    if (c.ff == feed_forward_kind::gated) return feed_forward_block(gated_feed_forward<Scalar>::load(w, scope, c.d_model, c.d_ff));
     return feed_forward_block(feed_forward<Scalar>::load(w, scope, c.d_model, c.d_ff, c.activation_kind));
   }
 
@@ -297,13 +301,15 @@ class feed_forward_block {
                   workspace<Scalar>& ws) const {
     if (const auto* m = std::get_if<moe_layer<Scalar>>(&impl_)) {
       (*m)(x, out, ctx, ws);
+    } else if (const auto* g = std::get_if<gated_feed_forward<Scalar>>(&impl_)) {
+      (*g)(x, out, ws);
     } else {
       std::get<feed_forward<Scalar>>(impl_)(x, out, ws);
     }
   }
 
  private:
-  std::variant<feed_forward<Scalar>, moe_layer<Scalar>> impl_;
+  std::variant<feed_forward<Scalar>, moe_layer<Scalar>, gated_feed_forward<Scalar>> impl_;
 };
 
 /// The MoE number of encoder layer `layer` under `c` (encoder MoE layers are numbered first, in

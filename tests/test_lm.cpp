@@ -1,0 +1,239 @@
+// Decoder-only language models of the Llama family (issue 13), loaded from the Hugging Face folders
+// of tests/fixtures/lm (README.md there: tools/hf/make_lm_fixtures.py, transformers 4.46.3) and
+// held to what transformers computes on them: teacher-forced log-probabilities, greedy and beam
+// outputs, one-pass prompt processing, the grouped-query KV cache, and the configs we refuse.
+// EIGENFORMER_PRINT_DEVIATIONS=1 prints every measured deviation.
+//
+// Each test's comment names the wrong implementation it would catch.
+#include <eigenformer/decode.hpp>
+#include <eigenformer/io/model_loader.hpp>
+#include <eigenformer/io/npy.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "support/hf_fixtures.hpp"
+#include "test_util.hpp"
+
+namespace ef = eigenformer;
+using ef::index_t;
+using ef::token_id;
+using namespace ef::testing;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path lm_root() { return fixture_root() / "lm"; }
+
+void print_deviation(const std::string& what, double v) {
+  if (std::getenv("EIGENFORMER_PRINT_DEVIATIONS")) std::printf("[deviation] %s: %.3g\n", what.c_str(), v);
+}
+
+/// max |ours - reference| over the rows of each sequence (past its end both are 0 anyway).
+template <class S>
+double max_deviation(const ef::tensor<S>& ours, const ef::tensor<double>& ref, const ef::token_batch& tgt) {
+  EXPECT_EQ(ours.rank(), 3);
+  for (index_t i = 0; i < 3; ++i) EXPECT_EQ(ours.dim(i), ref.dim(i));
+  const index_t T = ref.dim(1), V = ref.dim(2);
+  double m = 0;
+  for (index_t b = 0; b < tgt.size(); ++b)
+    for (index_t t = 0; t < tgt.length(b); ++t)
+      for (index_t v = 0; v < V; ++v) {
+        const index_t i = (b * T + t) * V + v;
+        m = std::max(m, std::fabs(static_cast<double>(ours.data()[i]) - ref.data()[i]));
+      }
+  return m;
+}
+
+/// A copy of fixture case `name` whose config.json has `edit` applied, for a test to break.
+fs::path edited_copy(const std::string& name, const std::string& as, const std::function<void(nlohmann::json&)>& edit) {
+  const fs::path dst = fs::path(EIGENFORMER_TEST_TMP) / "lm" / as;
+  fs::remove_all(dst);
+  fs::create_directories(dst);
+  for (const char* f : {"config.json", "generation_config.json", "model.safetensors"}) fs::copy(lm_root() / name / f, dst / f);
+  auto j = nlohmann::json::parse(read_file(dst / "config.json"));
+  edit(j);
+  write_file(dst / "config.json", j.dump(2));
+  return dst;
+}
+
+class LmCase : public ::testing::TestWithParam<std::string> {
+ protected:
+  fs::path dir() const { return lm_root() / GetParam(); }
+  ef::token_batch lines(const char* file) const { return ef::token_batch::from_sequences(id_lines(dir() / file)); }
+};
+
+// Catches: rotary applied to one of q/k only or at relative instead of absolute positions, KV head
+// h mapped as h % n_kv instead of h / (n_heads / n_kv), RMSNorm with a mean subtracted, silu on the
+// up projection, a tied head read from the wrong table, Qwen2's biases dropped.
+TEST_P(LmCase, TeacherForcedLogProbsFloat) {
+  const auto m = ef::load_model<float>(dir());
+  const auto tgt = lines("tgt.txt");
+  const auto ours = m.score(tgt);
+  const double dev = max_deviation(ours, ef::io::read_npy<double>(dir() / "logprobs.npy"), tgt);
+  print_deviation(GetParam() + " float vs logprobs.npy", dev);
+  EXPECT_LT(dev, 1e-4);  // measured 1.3e-5 to 2.0e-5 (-march=native)
+}
+
+// Catches: the double model computing any part in float (angles, norms, softmax), which the float
+// test above cannot see: logprobs_exact_f64.npy is a true float64 computation.
+TEST_P(LmCase, TeacherForcedLogProbsDoubleExact) {
+  const auto m = ef::load_model<double>(dir());
+  const auto tgt = lines("tgt.txt");
+  const auto ours = m.score(tgt);
+  const double exact = max_deviation(ours, ef::io::read_npy<double>(dir() / "logprobs_exact_f64.npy"), tgt);
+  const double mixed = max_deviation(ours, ef::io::read_npy<double>(dir() / "logprobs.npy"), tgt);
+  print_deviation(GetParam() + " double vs logprobs_exact_f64.npy", exact);
+  print_deviation(GetParam() + " double vs logprobs.npy (transformers' mixed float64)", mixed);
+  EXPECT_LT(exact, 1e-11);  // measured 2.5e-14 to 3.9e-14 (-march=native)
+  EXPECT_LT(mixed, 3e-5);   // measured 5.9e-6 to 7.9e-6: transformers keeps RMSNorm, rotary, softmax in float32
+}
+
+// Catches: the prompt's rows scored as new tokens, the start token fed before the prompt, padding
+// or batching changing results (all prompts run as one batch), the hypothesis holding the prompt.
+TEST_P(LmCase, GreedyMatchesTransformers) {
+  const auto m = ef::load_model<float>(dir());
+  ef::generation_options o;
+  o.max_new_tokens = 16;
+  const auto results = ef::generate(m, lines("prompts.txt"), o);
+  const auto expected = id_lines(dir() / "greedy.txt");
+  ASSERT_EQ(results.size(), expected.size());
+  for (std::size_t b = 0; b < expected.size(); ++b) EXPECT_EQ(results[b].best().tokens, expected[b]) << "prompt " << b;
+}
+
+// Catches: beam scores counting the prompt in the length, beams not sharing the prompt's cache rows
+// after reorder (the prompt cached in slot 0 only), early stopping judged as without it.
+TEST_P(LmCase, BeamSearchMatchesTransformers) {
+  const auto m = ef::load_model<float>(dir());
+  ef::generation_options o;
+  o.max_new_tokens = 16;
+  o.beam_size = 4;
+  o.early_stopping = true;
+  const auto results = ef::generate(m, lines("prompts.txt"), o);
+  const auto expected = id_lines(dir() / "beam4.txt");
+  ASSERT_EQ(results.size(), expected.size());
+  for (std::size_t b = 0; b < expected.size(); ++b) EXPECT_EQ(results[b].best().tokens, expected[b]) << "prompt " << b;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LmCase, ::testing::Values("llama", "llama_scaled", "mistral", "qwen2"));
+
+// Catches: a prompt block attended without the causal mask, or its keys rotated at positions 0..n-1
+// of the block instead of after what the slot holds: one-pass prefill must equal token-by-token.
+TEST(Lm, PrefillInOnePassEqualsTokenByToken) {
+  const auto m = ef::load_model<float>(lm_root() / "llama");
+  const auto prompts = id_lines(lm_root() / "llama" / "prompts.txt");
+  const auto& prompt = prompts.back();
+  const index_t n = static_cast<index_t>(prompt.size()), V = m.config().tgt_vocab_size;
+  const ef::token_batch one = ef::token_batch::from_sequences({prompt});
+  const auto memory = m.encode(one);
+  ef::kv_cache<float> block, single;
+  m.start_decoding(memory, 1, n + 1, block);
+  m.start_decoding(memory, 1, n + 1, single);
+  ef::tensor<float> all({n, V}), step({1, V});
+  const index_t slot = 0;
+  m.decode_step(block, ef::decode_request{std::span(&slot, 1), prompt, std::span(&n, 1), ef::step_output::logits, {}}, all.matrix());
+  for (index_t i = 0; i < n; ++i) {
+    m.decode_step(single, std::span(&slot, 1), std::span(&prompt[static_cast<std::size_t>(i)], 1), step.matrix(),
+                  ef::step_output::logits);
+    double dev = 0;
+    for (index_t v = 0; v < V; ++v) dev = std::max(dev, std::fabs(double(all.data()[i * V + v]) - double(step.data()[v])));
+    EXPECT_LT(dev, 1e-5) << "prompt row " << i;
+    if (i == n - 1) print_deviation("prefill vs token-by-token, last prompt row", dev);
+  }
+  EXPECT_EQ(block.steps(0), n);
+}
+
+// Catches: a KV cache sized for every query head (n_heads * d_head per token) instead of the KV heads.
+TEST(Lm, GroupedQueryCacheHoldsOnlyKvHeads) {
+  for (const auto& [name, kv_heads] : {std::pair<std::string, index_t>{"llama", 2}, {"llama_scaled", 1}}) {
+    const auto m = ef::load_model<float>(lm_root() / name);
+    EXPECT_EQ(m.config().kv_heads(), kv_heads) << name;
+    const auto memory = m.encode(ef::token_batch::from_sequences({{1, 5}}));
+    ef::kv_cache<float> cache;
+    m.start_decoding(memory, 1, 8, cache);
+    EXPECT_EQ(cache.kv_dim(), kv_heads * m.config().d_head()) << name;
+    EXPECT_EQ(cache.self_kv(0).dim(1), 2 * kv_heads * m.config().d_head()) << name;
+    // One more step costs, per layer (2), a key and a value row of kv_dim floats, plus a score per thread.
+    const std::uint64_t per_step = m.cache_bytes(1, 0, 0, 1, 9) - m.cache_bytes(1, 0, 0, 1, 8);
+    EXPECT_EQ(per_step, 2u * 2u * std::uint64_t(kv_heads * 8) * sizeof(float) + std::uint64_t(ef::num_threads()) * sizeof(float))
+        << name;
+  }
+}
+
+// Catches: decoder-only fields lost or invented by to_json/from_json (and encoder-decoder files
+// changed by them: the new keys are written only when set).
+TEST(Lm, ConfigRoundTrip) {
+  const ef::io::hf_directory dir(lm_root() / "qwen2");
+  const auto& c = dir.config();
+  EXPECT_TRUE(c.decoder_only());
+  EXPECT_EQ(c.attn_bias, ef::attention_bias::qkv);
+  const auto back = ef::model_config::from_json(c.to_json());
+  EXPECT_EQ(back.to_json(), c.to_json());
+  const ef::model_config plain;
+  for (const char* key : {"n_kv_heads", "normalization", "feed_forward", "attention_bias", "rope_theta", "rope_scaling_factor"})
+    EXPECT_FALSE(plain.to_json().contains(key)) << key;
+  const ef::io::hf_directory scaled(lm_root() / "llama_scaled");
+  EXPECT_EQ(scaled.config().rope_scaling_factor, 2.0);
+  EXPECT_EQ(scaled.config().rope_theta, 500000.0);
+  EXPECT_TRUE(scaled.config().tie_output);
+}
+
+// Catches: inconsistent decoder-only configs accepted (and run wrongly) instead of refused by name.
+TEST(Lm, ValidateNamesTheKey) {
+  auto c = ef::io::hf_directory(lm_root() / "llama").config();
+  auto bad = c;
+  bad.n_kv_heads = 3;
+  EIGENFORMER_EXPECT_THROW_WITH(bad.validate(), ef::config_error, "config.n_kv_heads: 3 does not divide n_heads 4");
+  bad = c;
+  bad.n_heads = 32;  // d_head 1: odd
+  EIGENFORMER_EXPECT_THROW_WITH(bad.validate(), ef::config_error, "needs an even head dimension");
+  bad = c;
+  bad.n_encoder_layers = 1;
+  EIGENFORMER_EXPECT_THROW_WITH(bad.validate(), ef::config_error, "config.n_encoder_layers: 1, expected 0 (decoder-only)");
+}
+
+// Catches: configs whose computation we do not implement loaded and run as if they were plain
+// Llama (each error a line naming the key).
+TEST(Lm, HostileConfigsNameTheKey) {
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("llama", "kv_heads_3", [](auto& j) { j["num_key_value_heads"] = 3; })),
+      ef::config_error, "num_key_value_heads: 3, expected a divisor of num_attention_heads (4)");
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(edited_copy("llama", "rope_dynamic", [](auto& j) {
+                                  j["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
+                                })),
+                                ef::config_error, "rope_scaling: type 'dynamic' is not supported");
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("mistral", "window", [](auto& j) { j["sliding_window"] = 16; })),
+      ef::config_error, "sliding_window: 16, expected null or at least max_position_embeddings 64");
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("qwen2", "qwen_window", [](auto& j) { j["use_sliding_window"] = true; })),
+      ef::config_error, "use_sliding_window: true, expected false");
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(edited_copy("llama", "mlp_bias", [](auto& j) { j["mlp_bias"] = true; })),
+                                ef::config_error, "mlp_bias: true, expected false");
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(edited_copy("llama", "new_key", [](auto& j) { j["rope_foo"] = 1; })),
+                                ef::config_error, "key 'rope_foo' (1) is not supported for model_type llama");
+  // Not yet supported families: refused by model_type, not half-loaded.
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(lm_root() / "mixtral"), ef::config_error, "model_type 'mixtral' is not supported");
+}
+
+// Catches: generate() on a decoder-only model accepting an empty prompt (nothing to predict from) or
+// score(src, tgt) silently running the encoder-decoder path.
+TEST(Lm, DecoderOnlyCallsRefuseMisuse) {
+  const auto m = ef::load_model<float>(lm_root() / "llama");
+  ef::generation_options o;
+  o.max_new_tokens = 4;
+  EIGENFORMER_EXPECT_THROW_WITH(ef::generate(m, ef::token_batch::from_sequences({{1, 5}, {}}), o), ef::invalid_argument,
+                                "prompt 1 is empty");
+  const auto t = ef::token_batch::from_sequences({{1, 5}});
+  EIGENFORMER_EXPECT_THROW_WITH(m.score(t, t), ef::invalid_argument, "use score(tgt)");
+}
+
+}  // namespace
