@@ -190,7 +190,8 @@ inline void hf_directory::parse_config() {
              m2m = model_type_ == "m2m_100";
   if (!marian && !bart && !mbart && !m2m) {
     throw config_error(file + ": model_type '" + detail::text_excerpt(model_type_) +
-                       "' is not supported, expected marian, bart, mbart, m2m_100, llama, mistral or qwen2");
+                       "' is not supported, expected marian, bart, mbart or m2m_100 (encoder-decoder); llama, mistral or qwen2 "
+                       "(decoder-only)");
   }
   model_config& c = config_;
   c.d_model = integer("d_model");
