@@ -145,7 +145,10 @@ TEST(Lm, PrefillInOnePassEqualsTokenByToken) {
                   ef::step_output::logits);
     double dev = 0;
     for (index_t v = 0; v < V; ++v) dev = std::max(dev, std::fabs(double(all.data()[i * V + v]) - double(step.data()[v])));
-    EXPECT_LT(dev, 1e-5) << "prompt row " << i;
+    // Raw logits (magnitudes ~10): measured 5.3e-6 with -march=native, 1.2e-5 portable (another
+    // summation order in the block's GEMM than in the one-row GEMV); the wrong implementations named
+    // above move them by 1e-1 and more.
+    EXPECT_LT(dev, 5e-5) << "prompt row " << i;
     if (i == n - 1) print_deviation("prefill vs token-by-token, last prompt row", dev);
   }
   EXPECT_EQ(block.steps(0), n);
