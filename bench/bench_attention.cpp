@@ -103,7 +103,7 @@ struct fixture {
       return;
     }
     q.resize({n, d_model});
-    ef::linear(x.matrix(), w.q_weight(), w.q_bias(), q.matrix());
+    w.project_q(x.matrix(), q.matrix());
     // decode: slot s, step t is row s * capacity + t (kv_cache); the cache is full to `len`.
     // cross: sources packed one after the other (cross_kv). Either way rows b * len ...
     const double one = double(batch) * double(len) * 2 * d_model * sizeof(S);

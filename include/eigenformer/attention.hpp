@@ -60,26 +60,28 @@ struct attention_weights {
     return a;
   }
 
-  index_t d_model() const noexcept { return out_proj.weight.dim(0); }
+  index_t d_model() const noexcept { return out_proj.out_features(); }
   index_t d_head() const noexcept { return d_model() / n_heads; }
   index_t kv_heads() const noexcept { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   /// Width of the keys (and of the values): kv_heads d_head (d_model without grouped-query attention).
   index_t kv_dim() const noexcept { return kv_heads() * d_head(); }
   index_t parameter_count() const noexcept { return in_proj.parameter_count() + out_proj.parameter_count(); }
 
-  /// The query projection alone: rows [0, d_model) of in_proj (a view, not a copy).
-  const_matrix_view<Scalar> q_weight() const noexcept { return make_view(in_proj.weight.data(), d_model(), d_model()); }
-  std::span<const Scalar> q_bias() const noexcept {
-    if (in_proj.bias.size() == 0) return {};
-    return in_proj.bias.values().subspan(0, static_cast<std::size_t>(d_model()));
+  /// q [n, d_model] = x [n, d_model] W_q^T + b_q: rows [0, d_model) of in_proj alone.
+  template <class X, class Y>
+  void project_q(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<Y>& q) const {
+    in_proj.apply_rows(0, d_model(), x, q);
   }
-  /// The key and value projections: rows [d_model, d_model + 2 kv_dim) of in_proj.
-  const_matrix_view<Scalar> kv_weight() const noexcept {
-    return make_view(in_proj.weight.data() + d_model() * d_model(), 2 * kv_dim(), d_model());
+  /// kv [n, 2 kv_dim] = x [n, d_model] W_kv^T + b_kv: rows [d_model, d_model + 2 kv_dim) of in_proj,
+  /// keys then values in each row (the [k | v] rows kv_cache and cross_kv hold).
+  template <class X, class Y>
+  void project_kv(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<Y>& kv) const {
+    in_proj.apply_rows(d_model(), 2 * kv_dim(), x, kv);
   }
-  std::span<const Scalar> kv_bias() const noexcept {
-    if (in_proj.bias.size() == 0) return {};
-    return in_proj.bias.values().subspan(static_cast<std::size_t>(d_model()), static_cast<std::size_t>(2 * kv_dim()));
+  /// Converts in_proj and out_proj to weight type `t` (layers/linear.hpp).
+  void convert(weight_type t) {
+    in_proj.convert(t);
+    out_proj.convert(t);
   }
 };
 
@@ -161,7 +163,7 @@ void self_attention(const attention_weights<Scalar>& w, const Eigen::MatrixBase<
 /// memory [n_src, d_model] W_kv^T + b_kv. Computed once per source, reused at every decoder step.
 template <class Scalar, class M, class KV>
 void cross_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBase<M>& memory, const Eigen::MatrixBase<KV>& kv) {
-  linear(memory, w.kv_weight(), w.kv_bias(), kv);
+  w.project_kv(memory, kv);
 }
 
 /// Keys and values that packed query sequences attend over: a strided view, never a copy.
@@ -192,7 +194,7 @@ void attention_over_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBa
   const index_t kvd = w.kv_dim(), group = w.n_heads / w.kv_heads();
   ws.q.resize({n, d});
   ws.ctx.resize({n, d});
-  linear(x, w.q_weight(), w.q_bias(), ws.q.matrix());
+  w.project_q(x, ws.q.matrix());
   if (rope) rope->apply(ws.q.matrix(), q_positions);
   index_t per_task = 0;
   double flops = 0;

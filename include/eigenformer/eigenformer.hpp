@@ -11,6 +11,7 @@
 #include "tensor.hpp"
 #include "threads.hpp"
 #include "ops.hpp"
+#include "packed_weights.hpp"
 #include "config.hpp"
 #include "batch.hpp"
 #include "weights.hpp"

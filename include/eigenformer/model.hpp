@@ -120,12 +120,28 @@ class model {
     decode_step(cache, decode_request{slots, tokens, {}, output, {}}, out);
   }
 
-  /// The output projection [tgt_vocab, d_model] (generator.weight, or tgt_embed.weight if tied).
-  const tensor<Scalar>& output_weight() const noexcept {
-    return config_.tie_output ? tgt_embed_ : generator_.weight;
-  }
+  /// Converts the weight matrices of every linear layer and of the output projection to `t`, once
+  /// (packed_weights.hpp); embeddings, norms, biases, MoE gates and the KV cache stay Scalar. A tied
+  /// output projection gets a converted copy of tgt_embed (the embedding lookup keeps the original).
+  /// float32 leaves the model as it is; a model already converted is not converted again.
+  void convert_weights(weight_type t);
+  /// The weight type of the linear layers (float32 until convert_weights).
+  weight_type weights() const noexcept { return weights_; }
+  /// Bytes of every parameter as held (reduced weight matrices count their reduced size).
+  std::size_t weight_bytes() const noexcept;
 
  private:
+  /// out [n, tgt_vocab] = x [n, d_model] W_out^T + b_out: the output projection (generator.weight,
+  /// or tgt_embed.weight if tied), float or converted.
+  template <class X>
+  void project_output(const Eigen::MatrixBase<X>& x, matrix_view<Scalar> out) const {
+    if (config_.tie_output && generator_.packed.empty()) {
+      linear(x, tgt_embed_.matrix(), generator_.bias.values(), out);
+    } else {
+      generator_(x, out);
+    }
+  }
+
   enum class side { src, tgt };
   void embed(side s, std::span<const token_id> tokens, index_t first_position, Scalar* out) const;
   void check_batch(const token_batch& batch, side s) const;
@@ -143,6 +159,7 @@ class model {
   linear_layer<Scalar> generator_;         // weight empty when tied; bias optional
   Scalar embed_scale_ = Scalar(1);
   index_t parameters_ = 0;
+  weight_type weights_ = weight_type::float32;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -204,6 +221,35 @@ model<Scalar>::model(const model_config& config, weight_map<Scalar>& w) : config
   parameters_ += generator_.weight.size() + generator_.bias.size();
   w.expect_empty();
   embed_scale_ = c.scale_embedding ? static_cast<Scalar>(std::sqrt(static_cast<double>(d))) : Scalar(1);
+}
+
+template <class Scalar>
+void model<Scalar>::convert_weights(weight_type t) {
+  if (t == weight_type::float32 || weights_ != weight_type::float32) return;
+  for (auto& l : encoder_) l.convert(t);
+  for (auto& l : decoder_) l.convert(t);
+  if (config_.tie_output) {
+    // [tgt_vocab, d_model]: the head reads a converted copy; lookups keep reading tgt_embed_.
+    generator_.packed = packed_matrix<Scalar>(std::as_const(tgt_embed_).matrix(), t);
+  } else {
+    generator_.convert(t);
+  }
+  weights_ = t;
+}
+
+template <class Scalar>
+std::size_t model<Scalar>::weight_bytes() const noexcept {
+  std::size_t b = sizeof(Scalar) * static_cast<std::size_t>(src_embed_.size() + tgt_embed_.size() + src_pos_.size() + tgt_pos_.size());
+  for (const auto& l : encoder_) b += l.self_attn.in_proj.bytes() + l.self_attn.out_proj.bytes() + l.ff.bytes() +
+                                     sizeof(Scalar) * static_cast<std::size_t>(l.norm1.parameter_count() + l.norm2.parameter_count());
+  for (const auto& l : decoder_) {
+    b += l.self_attn.in_proj.bytes() + l.self_attn.out_proj.bytes() + l.cross_attn.in_proj.bytes() + l.cross_attn.out_proj.bytes() +
+         l.ff.bytes() + sizeof(Scalar) * static_cast<std::size_t>(l.norm1.parameter_count() + l.norm2.parameter_count() + l.norm3.parameter_count());
+  }
+  for (const auto* n : {&encoder_norm_, &decoder_norm_, &src_embed_norm_, &tgt_embed_norm_}) {
+    if (*n) b += sizeof(Scalar) * static_cast<std::size_t>((*n)->parameter_count());
+  }
+  return b + (generator_.packed.empty() ? generator_.bytes() : generator_.packed.bytes() + sizeof(Scalar) * static_cast<std::size_t>(generator_.bias.size()));
 }
 
 template <class Scalar>
@@ -313,7 +359,7 @@ tensor<Scalar> model<Scalar>::decode(const encoder_output<Scalar>& memory, const
 
 template <class Scalar>
 void model<Scalar>::log_probs(const_matrix_view<Scalar> hidden, matrix_view<Scalar> out) const {
-  linear(hidden, output_weight().matrix(), generator_.bias.values(), out);
+  project_output(hidden, out);
   log_softmax_rows(out);
 }
 
@@ -548,7 +594,7 @@ void model<Scalar>::decode_step(kv_cache<Scalar>& cache, const decode_request& r
       // Rotary positions turn the keys (at each token's absolute position) before they are cached,
       // and the queries inside attention_over_kv.
       ws.qkv.resize({m, 2 * kvd});
-      linear(input, layer.self_attn.kv_weight(), layer.self_attn.kv_bias(), ws.qkv.matrix());
+      layer.self_attn.project_kv(input, ws.qkv.matrix());
       if (rope_) rope_->apply(make_view(ws.qkv.data(), m, kvd, 2 * kvd), sc.row_positions);
       for (index_t i = 0; i < n; ++i) {
         const index_t first = sc.q_offsets[static_cast<std::size_t>(i)], rows = sc.q_offsets[static_cast<std::size_t>(i) + 1] - first;
@@ -561,7 +607,7 @@ void model<Scalar>::decode_step(kv_cache<Scalar>& cache, const decode_request& r
     layer.forward(sc.x.matrix(), ctx, mem, cached_self_attention, ws);
   }
   if (decoder_norm_) (*decoder_norm_)(sc.x.matrix(), sc.x.matrix());
-  linear(std::as_const(sc.x).matrix(), output_weight().matrix(), generator_.bias.values(), out);
+  project_output(std::as_const(sc.x).matrix(), out);
   if (request.output == step_output::log_probs) log_softmax_rows(out);
   // Only now does the state advance: an exception above leaves every slot at its step (rows
   // written past a slot's step are never read before they are written again).

@@ -1,7 +1,7 @@
 # Checks that library headers include only headers of their own level or below, as drawn in
 # docs/architecture.md:
 #   L0 version, error, detail/*          L1 tensor, threads
-#   L2 ops, positional, rotary, kv_cache, config, weights, batch, workspace, moe_runtime
+#   L2 ops, packed_weights, positional, rotary, kv_cache, config, weights, batch, workspace, moe_runtime
 #   L3 attention, layers/*              L4 model
 #   S  sampling/*  -> L0..L2 and S       L5 decode -> everything but io
 #   IO io/safetensors, io/npy -> L0..L1
@@ -16,7 +16,7 @@ function(level_of path out)
     set(${out} 0 PARENT_SCOPE)
   elseif(path MATCHES "^(tensor|threads)\\.hpp$")
     set(${out} 1 PARENT_SCOPE)
-  elseif(path MATCHES "^(ops|positional|rotary|kv_cache|config|weights|batch|workspace|moe_runtime)\\.hpp$")
+  elseif(path MATCHES "^(ops|packed_weights|positional|rotary|kv_cache|config|weights|batch|workspace|moe_runtime)\\.hpp$")
     set(${out} 2 PARENT_SCOPE)
   elseif(path MATCHES "^attention\\.hpp$" OR path MATCHES "^layers/")
     set(${out} 3 PARENT_SCOPE)

@@ -30,8 +30,8 @@
 // Weights: float32 as stored; float16 and bfloat16 widened (exact); int8 (and int16) with
 // `<name>_scale` (per row, or one scalar for int16) widened to float at load as value / scale,
 // the inverse of the converter's `round(w * scale)`, scale = 127 / max|row|. Until eigenformer
-// has 8-bit weights this keeps CTranslate2's rounded weights but computes in Scalar: CTranslate2's
-// int8_float32 also quantises activations, so results differ from its by that rounding.
+// loads them as int8 (load_options::weights, model_loader.hpp) this keeps CTranslate2's rounded weights;
+// re-quantising them per row gives back the same integers (the scale is 127 / max|row| both times).
 // `decoder/start_from_zero_embedding` (Marian conversions, whose vocabulary drops `<pad>`): the
 // decoder's first input is a zero embedding. Here the target table gets one extra row, all zeros,
 // the start token; its output bias is -1e9, so it is never generated and takes no probability
@@ -270,6 +270,14 @@ class ct2_directory {
   /// config.json's add_source_bos / add_source_eos: CTranslate2 adds them to token input; eigenformer
   /// takes ids, so the caller does.
   bool add_source_bos() const noexcept { return add_source_bos_; }
+  /// Whether model.bin stores int8 weights (a conversion with quantization int8*): load_model then
+  /// holds the model's matrices as int8 unless load_options::weights says otherwise.
+  bool int8_weights() const noexcept {
+    for (const auto& [name, v] : bin_.variables()) {
+      if (v.dtype == 1) return true;
+    }
+    return false;
+  }
   bool add_source_eos() const noexcept { return add_source_eos_; }
   /// True when the decoder starts from a zero embedding (an extra target row, see the top).
   bool start_from_zero_embedding() const noexcept { return zero_start_; }

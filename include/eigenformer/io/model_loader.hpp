@@ -65,6 +65,9 @@ struct load_options {
   /// as target_prefix, e.g. "ro_RO"); overrides it otherwise. Only CTranslate2 directories take it:
   /// the others name their start token by id, and generation_options::start_token replaces it per call.
   std::optional<std::string> decoder_start_token;
+  /// How the linear layers' weight matrices are held and multiplied (packed_weights.hpp), converted
+  /// once after loading. Unset: float32, except int8 for a CTranslate2 directory stored in int8.
+  std::optional<weight_type> weights;
 };
 
 /// Loads the model at `path` for inference in Scalar: an eigenformer .safetensors file
@@ -76,7 +79,9 @@ model<Scalar> load_model(const std::filesystem::path& path, const load_options& 
   if (io::is_ct2_directory(path)) {  // model.bin: CTranslate2 (its config.json is not Hugging Face's)
     const io::ct2_directory dir(path, options.decoder_start_token);
     weight_map<Scalar> weights = dir.read_weights<Scalar>();
-    return model<Scalar>(dir.config(), weights);
+    model<Scalar> m(dir.config(), weights);
+    m.convert_weights(options.weights.value_or(dir.int8_weights() ? weight_type::int8 : weight_type::float32));
+    return m;
   }
   if (options.decoder_start_token) {
     throw invalid_argument("decoder_start_token", path.string() + " is not a CTranslate2 directory; give the start token "
@@ -85,7 +90,9 @@ model<Scalar> load_model(const std::filesystem::path& path, const load_options& 
   if (io::is_hf_directory(path)) {
     const io::hf_directory dir(path);
     weight_map<Scalar> weights = dir.read_weights<Scalar>();
-    return model<Scalar>(dir.config(), weights);
+    model<Scalar> m(dir.config(), weights);
+    m.convert_weights(options.weights.value_or(weight_type::float32));
+    return m;
   }
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
@@ -95,7 +102,9 @@ model<Scalar> load_model(const std::filesystem::path& path, const load_options& 
   const io::safetensors_file file(path);
   const model_config config = read_config(file);
   weight_map<Scalar> weights = read_weights<Scalar>(file);
-  return model<Scalar>(config, weights);
+  model<Scalar> m(config, weights);
+  m.convert_weights(options.weights.value_or(weight_type::float32));
+  return m;
 }
 
 }  // namespace eigenformer

@@ -56,6 +56,12 @@ struct decoder_layer {
     return self_attn.parameter_count() + cross_attn.parameter_count() + ff.parameter_count() +
            norm1.parameter_count() + norm2.parameter_count() + norm3.parameter_count();
   }
+  /// Converts the attention and feed-forward matrices to weight type `t` (norms stay Scalar).
+  void convert(weight_type t) {
+    self_attn.convert(t);
+    cross_attn.convert(t);
+    ff.convert(t);
+  }
 
   /// x [n, d_model] in place, packed as ctx.rows says. `self_attention_fn(input, out)` computes
   /// the causal self-attention sublayer (teacher forcing or cached); `memory` views the

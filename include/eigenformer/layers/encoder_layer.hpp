@@ -34,6 +34,11 @@ struct encoder_layer {
   index_t parameter_count() const noexcept {
     return self_attn.parameter_count() + ff.parameter_count() + norm1.parameter_count() + norm2.parameter_count();
   }
+  /// Converts the attention and feed-forward matrices to weight type `t` (norms stay Scalar).
+  void convert(weight_type t) {
+    self_attn.convert(t);
+    ff.convert(t);
+  }
 
   /// x [n, d_model] in place; sequence b is rows ctx.rows.offsets[b] .. offsets[b+1].
   void forward(matrix_view<Scalar> x, const forward_context& ctx, workspace<Scalar>& ws) const {

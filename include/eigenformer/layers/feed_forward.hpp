@@ -32,6 +32,11 @@ struct feed_forward {
   }
 
   index_t parameter_count() const noexcept { return linear1.parameter_count() + linear2.parameter_count(); }
+  std::size_t bytes() const noexcept { return linear1.bytes() + linear2.bytes(); }
+  void convert(weight_type t) {
+    linear1.convert(t);
+    linear2.convert(t);
+  }
 
   /// out [n, d_model] = FF(x [n, d_model]); uses ws.hidden [n, d_ff].
   template <class X, class Y>

@@ -29,6 +29,12 @@ struct gated_feed_forward {
   index_t parameter_count() const noexcept {
     return gate.parameter_count() + up.parameter_count() + down.parameter_count();
   }
+  std::size_t bytes() const noexcept { return gate.bytes() + up.bytes() + down.bytes(); }
+  void convert(weight_type t) {
+    gate.convert(t);
+    up.convert(t);
+    down.convert(t);
+  }
 
   /// out [n, d_model] = FF(x [n, d_model]); out must not overlap x. Uses ws.hidden [n, 2 d_ff]: the
   /// gate projection in its left half, the up projection in its right half (so the workspace needs

@@ -109,6 +109,15 @@ class moe_layer {
     for (const auto& e : experts_) p += e.parameter_count();
     return p;
   }
+  std::size_t bytes() const noexcept {
+    std::size_t b = sizeof(Scalar) * static_cast<std::size_t>(gate_weight_.size() + noise_weight_.size());
+    for (const auto& e : experts_) b += e.bytes();
+    return b;
+  }
+  /// The experts' matrices to weight type `t`; the gates stay Scalar (they pick the experts).
+  void convert(weight_type t) {
+    for (auto& e : experts_) e.convert(t);
+  }
 
   /// out [n, d_model] = MoE(x [n, d_model]). ctx.rows tells the noise source who each row is;
   /// ctx.moe carries the caller's noise source and statistics. out must not overlap x.
@@ -293,6 +302,13 @@ class feed_forward_block {
 
   index_t parameter_count() const noexcept {
     return std::visit([](const auto& f) { return f.parameter_count(); }, impl_);
+  }
+  std::size_t bytes() const noexcept {
+    return std::visit([](const auto& f) { return f.bytes(); }, impl_);
+  }
+  /// Converts the weight matrices to `t` (a mixture of experts: the experts'; its gates stay Scalar).
+  void convert(weight_type t) {
+    std::visit([t](auto& f) { f.convert(t); }, impl_);
   }
 
   /// out [n, d_model] = FF(x [n, d_model]); `ctx` says who the rows are (for MoE layers).

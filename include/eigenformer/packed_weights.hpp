@@ -1,0 +1,409 @@
+// eigenformer/packed_weights.hpp: weight matrices held in a reduced type (bfloat16, float16, int8)
+// and multiplied without widening the whole matrix.
+//
+// Why: a decode step reads every weight once per token, so its time is the bytes of the weights over
+// the read bandwidth. 16-bit weights halve those bytes, int8 quarters them. Activations, biases, norms,
+// softmax and the KV cache stay in the model's Scalar (float or double); only the [out, in] matrices of
+// linear layers change, converted once at load (load_options::weights, `--weights` in the tool).
+//
+//   bfloat16, float16: each weight rounded to nearest even; products accumulated in Scalar.
+//   int8: symmetric per output row, as CTranslate2 quantises: scale_w[o] = 127 / max_k |W[o, k]|,
+//         Q[o, k] = round(W[o, k] scale_w[o]) in [-127, 127]. Activations are quantised the same way per
+//         input row at run time (scale_x[i] = 127 / max_k |x[i, k]|), the products accumulated exactly in
+//         int32, and y[i, o] = acc / (scale_x[i] scale_w[o]) + b[o]. A row whose input holds a NaN or an
+//         infinity gives NaN outputs (quantising it would hide it).
+//
+// Layout: row-major [out, ld] with ld >= in padded with zeros to whole 64-byte lines, so that every row
+// starts on a cache line and the int8 kernel runs without tails. Storage is tensor<> storage: 64-byte
+// aligned, huge-page aligned and advised from 4 MiB (detail/memory.hpp).
+//
+// Kernels: a few input rows (a decode step: n <= detail::small_batch_rows) stream every weight row once,
+// 4 rows at a time against all n inputs, split across threads by row blocks; 16-bit rows are widened in
+// L1-sized chunks, int8 rows multiplied as integers (AVX2: vpsignb + vpmaddubsw + vpmaddwd; elsewhere a
+// portable loop the compiler vectorises). More rows (an encoder, a prompt) widen 64-row tiles into a
+// per-thread buffer and hand them to Eigen's GEMM (int8: the quantised integers as float, exact products).
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "detail/half.hpp"
+#include "error.hpp"
+#include "ops.hpp"
+#include "tensor.hpp"
+#include "threads.hpp"
+
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace eigenformer {
+
+/// How the weight matrices of linear layers are held and multiplied (cli.md: `--weights`).
+enum class weight_type { float32, bfloat16, float16, int8 };
+
+inline const char* weight_type_name(weight_type t) noexcept {
+  switch (t) {
+    case weight_type::float32: return "float32";
+    case weight_type::bfloat16: return "bfloat16";
+    case weight_type::float16: return "float16";
+    case weight_type::int8: return "int8";
+  }
+  return "?";
+}
+
+/// Bytes per weight of type `t` (the scales of int8 rows not counted).
+inline std::size_t weight_type_size(weight_type t) noexcept {
+  return t == weight_type::float32 ? 4 : t == weight_type::int8 ? 1 : 2;
+}
+
+/// "float32", "bfloat16", "float16" or "int8"; anything else throws invalid_argument naming `option`.
+inline weight_type parse_weight_type(std::string_view text, const std::string& option = "weights") {
+  for (const weight_type t : {weight_type::float32, weight_type::bfloat16, weight_type::float16, weight_type::int8}) {
+    if (text == weight_type_name(t)) return t;
+  }
+  const std::string shown(text.substr(0, 32));
+  throw invalid_argument(option, "'" + shown + (text.size() > 32 ? "...'" : "'") +
+                                     ", expected float32, bfloat16, float16 or int8");
+}
+
+namespace detail {
+
+inline constexpr index_t packed_tile_rows = 64;  // weight rows widened per GEMM tile (more than 8 inputs)
+inline constexpr index_t widen_chunk = 512;       // 16-bit weights widened per row and pass (in L1)
+
+/// Row stride of packed weights: `in` rounded up to whole 64-byte lines of `bytes`-sized elements.
+inline index_t packed_stride(index_t in, std::size_t bytes) {
+  const index_t per_line = static_cast<index_t>(cache_line / bytes);
+  return (in + per_line - 1) / per_line * per_line;
+}
+
+/// dst[k] = the value of 16-bit weight src[k], k < n.
+template <class Scalar>
+inline void widen_bfloat16(const std::uint16_t* src, Scalar* dst, index_t n) noexcept {
+#if defined(_OPENMP)
+#pragma omp simd
+#endif
+  for (index_t k = 0; k < n; ++k) dst[k] = static_cast<Scalar>(std::bit_cast<float>(static_cast<std::uint32_t>(src[k]) << 16));
+}
+
+template <class Scalar>
+inline void widen_float16(const std::uint16_t* src, Scalar* dst, index_t n) noexcept {
+  index_t k = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  if constexpr (std::is_same_v<Scalar, float>) {
+    for (; k + 8 <= n; k += 8) {
+      _mm256_storeu_ps(dst + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
+    }
+  }
+#endif
+  for (; k < n; ++k) dst[k] = static_cast<Scalar>(half_to_float(src[k]));
+}
+
+/// Quantises x [in] to q [ld] (zeros past in) with scale 127 / max|x|; returns the scale, 0 for an
+/// all-zero row, NaN when x holds a NaN or an infinity.
+template <class Scalar>
+inline Scalar quantize_row(const Scalar* x, index_t in, index_t ld, std::int8_t* q) noexcept {
+  Scalar amax = 0;
+  bool finite = true;
+  for (index_t k = 0; k < in; ++k) {
+    const Scalar a = std::abs(x[k]);
+    finite = finite && (a <= std::numeric_limits<Scalar>::max());  // false for NaN and infinity
+    amax = std::max(amax, a);
+  }
+  if (!finite) return std::numeric_limits<Scalar>::quiet_NaN();
+  if (amax == Scalar(0)) {
+    std::memset(q, 0, static_cast<std::size_t>(ld));
+    return Scalar(0);
+  }
+  const Scalar scale = Scalar(127) / amax;
+  for (index_t k = 0; k < in; ++k) {
+    const Scalar v = std::nearbyint(x[k] * scale);  // |v| <= 127: |x| <= amax
+    q[k] = static_cast<std::int8_t>(std::clamp(v, Scalar(-127), Scalar(127)));
+  }
+  std::memset(q + in, 0, static_cast<std::size_t>(ld - in));
+  return scale;
+}
+
+/// sum_k a[k] b[k] over k < ld (a multiple of 64), exactly, for 4 rows b0..b3 against one a.
+inline void dot4_int8(const std::int8_t* a, const std::int8_t* b0, const std::int8_t* b1, const std::int8_t* b2,
+                      const std::int8_t* b3, index_t ld, std::int32_t* out) noexcept {
+#if defined(__AVX2__)
+  // vpmaddubsw multiplies unsigned by signed bytes: feed it |a| and b with a's sign. Pairs of products
+  // are at most 2 x 127 x 127 = 32258 (|a| <= 127; b >= -127 by construction), so the 16-bit sums
+  // never saturate; vpmaddwd by ones widens them to int32.
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+  for (index_t k = 0; k < ld; k += 32) {
+    const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k));
+    const __m256i ua = _mm256_sign_epi8(va, va);
+    const auto term = [&](const std::int8_t* b) {
+      const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + k));
+      return _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(vb, va)), ones);
+    };
+    s0 = _mm256_add_epi32(s0, term(b0));
+    s1 = _mm256_add_epi32(s1, term(b1));
+    s2 = _mm256_add_epi32(s2, term(b2));
+    s3 = _mm256_add_epi32(s3, term(b3));
+  }
+  // Horizontal sums of the four: two hadd rounds give [s0 s1 s2 s3] per 128-bit half.
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
+  const __m128i r = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), r);
+#else
+  std::int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#if defined(_OPENMP)
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+#endif
+  for (index_t k = 0; k < ld; ++k) {
+    const std::int32_t v = a[k];
+    s0 += v * b0[k];
+    s1 += v * b1[k];
+    s2 += v * b2[k];
+    s3 += v * b3[k];
+  }
+  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+#endif
+}
+
+/// Per-thread scratch of at least `n` elements (64-byte aligned), grown and never shrunk: after the
+/// first call of a given size a decode step allocates nothing. `Tag` keeps apart buffers that are
+/// live at the same time on one thread.
+template <class T, int Tag>
+T* thread_scratch(index_t n) {
+  thread_local tensor<T> buffer;
+  if (buffer.size() < n) buffer.resize({n});
+  return buffer.data();
+}
+
+}  // namespace detail
+
+/// A weight matrix W [rows, cols] (PyTorch's [out, in]) in a reduced weight_type, applied as
+/// y [n, rows] = x [n, cols] W^T + b. Copyable, movable; empty when default-constructed.
+template <class Scalar>
+class packed_matrix {
+ public:
+  packed_matrix() = default;
+
+  /// Converts `w` [rows, cols] to `type` (not float32).
+  packed_matrix(const_matrix_view<Scalar> w, weight_type type) : type_(type), rows_(w.rows()), cols_(w.cols()) {
+    if (type == weight_type::float32) throw invalid_argument("weights", "packed_matrix holds reduced types only");
+    ld_ = detail::packed_stride(cols_, weight_type_size(type));
+    if (type == weight_type::int8) {
+      q8_.resize({rows_, ld_});
+      scale_.resize({rows_});
+      for (index_t o = 0; o < rows_; ++o) {
+        const Scalar s = detail::quantize_row(w.data() + o * w.outerStride(), cols_, ld_, q8_.data() + o * ld_);
+        if (std::isnan(s)) throw format_error("int8 weights: row " + std::to_string(o) + " is not finite");
+        scale_.data()[o] = s == Scalar(0) ? Scalar(1) : s;  // an all-zero row: any scale
+      }
+    } else {
+      q16_.resize({rows_, ld_});
+      for (index_t o = 0; o < rows_; ++o) {
+        std::uint16_t* dst = q16_.data() + o * ld_;
+        for (index_t k = 0; k < cols_; ++k) {
+          dst[k] = type == weight_type::bfloat16 ? detail::double_to_bfloat16(static_cast<double>(w(o, k)))
+                                                 : detail::double_to_half(static_cast<double>(w(o, k)));
+        }
+        std::fill(dst + cols_, dst + ld_, std::uint16_t{0});
+      }
+    }
+  }
+
+  bool empty() const noexcept { return rows_ == 0 && cols_ == 0; }
+  weight_type type() const noexcept { return type_; }
+  index_t rows() const noexcept { return rows_; }
+  index_t cols() const noexcept { return cols_; }
+  /// Bytes held (weights with their padding, and int8 scales).
+  std::size_t bytes() const noexcept {
+    return static_cast<std::size_t>(q8_.size()) + 2 * static_cast<std::size_t>(q16_.size()) +
+           sizeof(Scalar) * static_cast<std::size_t>(scale_.size());
+  }
+
+  /// W[o, k] as the kernels use it (the rounded value; for int8 Q[o, k] / scale_w[o]).
+  Scalar value(index_t o, index_t k) const noexcept {
+    switch (type_) {
+      case weight_type::bfloat16: return static_cast<Scalar>(detail::bfloat16_to_float(q16_.data()[o * ld_ + k]));
+      case weight_type::float16: return static_cast<Scalar>(detail::half_to_float(q16_.data()[o * ld_ + k]));
+      case weight_type::int8: return static_cast<Scalar>(q8_.data()[o * ld_ + k]) / scale_.data()[o];
+      case weight_type::float32: break;
+    }
+    return Scalar(0);
+  }
+  /// int8 only: Q [rows, ld] and scale_w [rows].
+  const std::int8_t* int8_data() const noexcept { return q8_.data(); }
+  const Scalar* int8_scales() const noexcept { return scale_.data(); }
+  index_t stride() const noexcept { return ld_; }
+
+  /// y [n, count] = x [n, cols] W[first : first + count]^T + bias [count] (bias empty: none).
+  /// x rows are ldx apart, y rows ldy apart; y must not overlap x.
+  void apply(index_t first, index_t count, const Scalar* x, index_t ldx, index_t n, std::span<const Scalar> bias,
+             Scalar* y, index_t ldy) const {
+    if (n == 0 || count == 0) return;
+    const Scalar* b = bias.empty() ? nullptr : bias.data();
+    if (n <= detail::small_batch_rows) {
+      if (type_ == weight_type::int8) {
+        few_rows_int8(first, count, x, ldx, n, b, y, ldy);
+      } else {
+        few_rows_16(first, count, x, ldx, n, b, y, ldy);
+      }
+    } else {
+      many_rows(first, count, x, ldx, n, b, y, ldy);
+    }
+  }
+
+ private:
+  void widen(const std::uint16_t* src, Scalar* dst, index_t n) const noexcept {
+    if (type_ == weight_type::bfloat16) {
+      detail::widen_bfloat16(src, dst, n);
+    } else {
+      detail::widen_float16(src, dst, n);
+    }
+  }
+
+  int threads_for(index_t n, index_t count) const {
+    const double work = double(n) * double(count) * double(cols_);
+    return work >= parallel_work_threshold ? std::max(1, num_threads()) : 1;
+  }
+
+  // 16-bit weights, n <= 8 inputs: per block of 4 rows, chunks of widen_chunk columns are widened
+  // into an L1 buffer and multiplied against every input; each weight is read from memory once.
+  void few_rows_16(index_t first, index_t count, const Scalar* x, index_t ldx, index_t n, const Scalar* bias, Scalar* y,
+                   index_t ldy) const {
+    constexpr index_t R = 4;
+    const index_t blocks = (count + R - 1) / R;
+    const int threads = threads_for(n, count);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (index_t blk = 0; blk < blocks; ++blk) {
+      alignas(64) Scalar wbuf[R][detail::widen_chunk];
+      Scalar acc[detail::small_batch_rows][R] = {};
+      const index_t o = blk * R, rows = std::min(R, count - o);
+      for (index_t k0 = 0; k0 < cols_; k0 += detail::widen_chunk) {
+        const index_t len = std::min(detail::widen_chunk, cols_ - k0);
+        for (index_t r = 0; r < R; ++r) {
+          if (r < rows) {
+            widen(q16_.data() + (first + o + r) * ld_ + k0, wbuf[r], len);
+          } else {
+            std::fill(wbuf[r], wbuf[r] + len, Scalar(0));
+          }
+        }
+        for (index_t i = 0; i < n; ++i) {
+          const Scalar* xi = x + i * ldx + k0;
+          Scalar s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#if defined(_OPENMP)
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+#endif
+          for (index_t k = 0; k < len; ++k) {
+            const Scalar v = xi[k];
+            s0 += wbuf[0][k] * v;
+            s1 += wbuf[1][k] * v;
+            s2 += wbuf[2][k] * v;
+            s3 += wbuf[3][k] * v;
+          }
+          acc[i][0] += s0, acc[i][1] += s1, acc[i][2] += s2, acc[i][3] += s3;
+        }
+      }
+      for (index_t i = 0; i < n; ++i) {
+        for (index_t r = 0; r < rows; ++r) y[i * ldy + o + r] = acc[i][r] + (bias ? bias[o + r] : Scalar(0));
+      }
+    }
+  }
+
+  // int8 weights, n <= 8 inputs: the inputs are quantised once into per-thread scratch, then every
+  // block of 4 weight rows is multiplied exactly against each of them.
+  void few_rows_int8(index_t first, index_t count, const Scalar* x, index_t ldx, index_t n, const Scalar* bias,
+                     Scalar* y, index_t ldy) const {
+    std::int8_t* qx = detail::thread_scratch<std::int8_t, 0>(n * ld_);
+    Scalar sx[detail::small_batch_rows];
+    for (index_t i = 0; i < n; ++i) sx[i] = detail::quantize_row(x + i * ldx, cols_, ld_, qx + i * ld_);
+    constexpr index_t R = 4;
+    const index_t blocks = (count + R - 1) / R;
+    const int threads = threads_for(n, count);
+    const std::int8_t* q = q8_.data() + first * ld_;
+    const Scalar* sw = scale_.data() + first;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (index_t blk = 0; blk < blocks; ++blk) {
+      const index_t o = blk * R, rows = std::min(R, count - o);
+      // A last partial block repeats its last row (read, never written).
+      const std::int8_t* w[R];
+      for (index_t r = 0; r < R; ++r) w[r] = q + (o + std::min(r, rows - 1)) * ld_;
+      for (index_t i = 0; i < n; ++i) {
+        alignas(16) std::int32_t acc[R];
+        detail::dot4_int8(qx + i * ld_, w[0], w[1], w[2], w[3], ld_, acc);
+        for (index_t r = 0; r < rows; ++r) {
+          const Scalar v = sx[i] == Scalar(0) ? Scalar(0) : static_cast<Scalar>(acc[r]) / (sx[i] * sw[o + r]);
+          y[i * ldy + o + r] = v + (bias ? bias[o + r] : Scalar(0));  // sx NaN: NaN
+        }
+      }
+    }
+  }
+
+  // More than 8 inputs: tiles of packed_tile_rows weight rows widened into per-thread float buffers,
+  // multiplied by Eigen's GEMM. int8: inputs quantised (to integer-valued Scalars) first, so a prompt
+  // computes what feeding it token by token computes, up to float summation order.
+  void many_rows(index_t first, index_t count, const Scalar* x, index_t ldx, index_t n, const Scalar* bias, Scalar* y,
+                 index_t ldy) const {
+    const bool int8 = type_ == weight_type::int8;
+    const Scalar* in = x;
+    index_t ld_in = ldx;
+    Scalar* sx = nullptr;
+    if (int8) {
+      Scalar* qx = detail::thread_scratch<Scalar, 1>(n * ld_);
+      sx = detail::thread_scratch<Scalar, 2>(n);
+      std::int8_t* row = detail::thread_scratch<std::int8_t, 0>(ld_);
+      for (index_t i = 0; i < n; ++i) {
+        sx[i] = detail::quantize_row(x + i * ldx, cols_, ld_, row);
+        for (index_t k = 0; k < cols_; ++k) qx[i * ld_ + k] = static_cast<Scalar>(row[k]);
+      }
+      in = qx, ld_in = ld_;
+    }
+    const index_t tiles = (count + detail::packed_tile_rows - 1) / detail::packed_tile_rows;
+    const int threads = std::min<index_t>(tiles, threads_for(n, count));
+    const auto xs = make_view(in, n, cols_, ld_in);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (index_t t = 0; t < tiles; ++t) {
+      const index_t o = t * detail::packed_tile_rows, rows = std::min(detail::packed_tile_rows, count - o);
+      Scalar* tile = detail::thread_scratch<Scalar, 3>(detail::packed_tile_rows * cols_);
+      for (index_t r = 0; r < rows; ++r) {
+        const index_t row = first + o + r;
+        if (int8) {
+          const std::int8_t* src = q8_.data() + row * ld_;
+          for (index_t k = 0; k < cols_; ++k) tile[r * cols_ + k] = static_cast<Scalar>(src[k]);
+        } else {
+          widen(q16_.data() + row * ld_, tile + r * cols_, cols_);
+        }
+      }
+      auto yt = make_view(y + o, n, rows, ldy);
+      yt.noalias() = xs * make_view(static_cast<const Scalar*>(tile), rows, cols_).transpose();
+      for (index_t i = 0; i < n; ++i) {
+        for (index_t r = 0; r < rows; ++r) {
+          Scalar& v = y[i * ldy + o + r];
+          if (int8) v = sx[i] == Scalar(0) ? Scalar(0) : v / (sx[i] * scale_.data()[first + o + r]);
+          if (bias) v += bias[o + r];
+        }
+      }
+    }
+  }
+
+  weight_type type_ = weight_type::float32;
+  index_t rows_ = 0, cols_ = 0, ld_ = 0;
+  tensor<std::uint16_t> q16_;  // [rows, ld] bfloat16 or float16 bits
+  tensor<std::int8_t> q8_;     // [rows, ld] int8
+  tensor<Scalar> scale_;       // [rows] int8 scales
+};
+
+}  // namespace eigenformer
