@@ -2,11 +2,17 @@
 // Transformer-base shape: d_model 512, 8 heads, d_ff 2048, 6 decoder layers (6 encoder layers for
 // the cross-attention memory), tgt vocab 32000, source length 32, cached cross-attention K/V,
 // 32 tokens already in the self-attention cache. Reports ms per step and ms per token at batch 1
-// and 8, fp32 and fp64. The peer (PyTorch, same shape, same machine) is tools/bench_torch.py.
+// and 8, fp32 and fp64, and (BM_DecodeStepWeights, float) with the weight matrices held as float32,
+// bfloat16, float16 and int8 (second argument 0-3: load_options::weights), with the bytes of weight
+// matrices a step reads (decoder layers + output projection) as `weight_MB` and the rate they are
+// read at as `GB_per_s`: a batch-1 step is bound by that read. The peer (PyTorch, same shape, same
+// machine) is tools/bench_torch.py.
 #include <benchmark/benchmark.h>
 
 #include <eigenformer/eigenformer.hpp>
 
+#include <map>
+#include <utility>
 #include <vector>
 
 #include "random_model.hpp"
@@ -16,20 +22,38 @@ using ef::index_t;
 
 namespace {
 
+constexpr ef::weight_type types[] = {ef::weight_type::float32, ef::weight_type::bfloat16, ef::weight_type::float16,
+                                     ef::weight_type::int8};
+
 template <class S>
-const ef::model<S>& base_model() {
-  static const ef::model<S> m = [] {
+const ef::model<S>& base_model(ef::weight_type t = ef::weight_type::float32) {
+  static std::map<ef::weight_type, ef::model<S>> models;
+  auto it = models.find(t);
+  if (it == models.end()) {
     const auto c = ef::testing::base_config();
     ef::testing::random_weights<S> w(c, 1);
-    return ef::model<S>(c, w.map());
-  }();
-  return m;
+    ef::model<S> m(c, w.map());
+    m.convert_weights(t);
+    it = models.emplace(t, std::move(m)).first;
+  }
+  return it->second;
+}
+
+/// Bytes of weight matrices one decode step reads: each decoder layer's self-attention, the cross
+/// attention's query and output projections (its keys and values are cached), the feed-forward, and the
+/// output projection; biases and norms are noise beside them.
+double step_weight_bytes(ef::weight_type t) {
+  const auto c = ef::testing::base_config();
+  const double d = double(c.d_model), ff = double(c.d_ff);
+  const double per_layer = 4 * d * d + 2 * d * d + 2 * d * ff;
+  return (double(c.n_decoder_layers) * per_layer + double(c.tgt_vocab_size) * d) * double(ef::weight_type_size(t));
 }
 
 template <class S>
 void BM_DecodeStep(benchmark::State& state) {
   const index_t batch = state.range(0);
-  const auto& m = base_model<S>();
+  const auto type = types[state.range(1)];
+  const auto& m = base_model<S>(type);
   std::vector<std::vector<ef::token_id>> src(static_cast<std::size_t>(batch));
   for (index_t b = 0; b < batch; ++b)
     for (int i = 0; i < 32; ++i) src[std::size_t(b)].push_back(ef::token_id(3 + (i * 97 + b) % 31000));
@@ -60,11 +84,19 @@ void BM_DecodeStep(benchmark::State& state) {
   state.counters["ms_per_token"] =
       benchmark::Counter(double(state.iterations() * batch) / 1e3, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
   state.counters["tokens_per_s"] = benchmark::Counter(double(state.iterations() * batch), benchmark::Counter::kIsRate);
+  state.counters["weight_MB"] = step_weight_bytes(type) / 1e6;
+  state.counters["GB_per_s"] = benchmark::Counter(double(state.iterations()) * step_weight_bytes(type) / 1e9, benchmark::Counter::kIsRate);
+  state.SetLabel(ef::weight_type_name(type));
 }
 
 }  // namespace
 
-BENCHMARK(BM_DecodeStep<float>)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_DecodeStep<double>)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_DecodeStep<float>)->Args({1, 0})->Args({8, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_DecodeStep<double>)->Args({1, 0})->Args({8, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_DecodeStep<float>)
+    ->Name("BM_DecodeStepWeights")
+    ->ArgsProduct({{1, 8}, {1, 2, 3}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 BENCHMARK_MAIN();

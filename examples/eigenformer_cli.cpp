@@ -72,8 +72,12 @@ const char* const usage_text =
 
 const std::map<std::string, std::string> command_help = {
     {"info",
-     "usage: eigenformer info --model M\n"
-     "  Prints the model's config, its parameter count and how many tensors are stored in each dtype.\n"},
+     "usage: eigenformer info --model M [--weights TYPE]\n"
+     "  Prints the model's config, its parameter count, how many tensors are stored in each dtype, and the\n"
+     "  weight type in use with the bytes the parameters take in memory.\n"
+     "  --weights TYPE            how weight matrices are held and multiplied: float32 (default, exact),\n"
+     "                            bfloat16, float16 or int8, converted once at load (a CTranslate2 model\n"
+     "                            stored in int8 loads as int8 unless told otherwise)\n"},
     {"score",
      "usage: eigenformer score --model M --src-file S --tgt-file T --out O.npy [--batch-size B] [--threads N]\n"
      "  Teacher forcing: line n of T is the decoder input for line n of S, used as given (no BOS added).\n"
@@ -81,7 +85,10 @@ const std::map<std::string, std::string> command_help = {
      "  Writes float32 log-probabilities [lines, longest T line, tgt_vocab_size]; positions past a line's end\n"
      "  hold 0. All lines run as one padded batch unless --batch-size splits them (the same numbers, to float\n"
      "  rounding).\n"
-     "  --threads N   threads to use (default: all cores; never more than the machine's cores)\n"},
+     "  --threads N   threads to use (default: all cores; never more than the machine's cores)\n"
+     "  --weights TYPE   how weight matrices are held and multiplied: float32 (default, exact),\n"
+     "                 bfloat16, float16 or int8, converted once at load (a CTranslate2 model\n"
+     "                 stored in int8 loads as int8 unless told otherwise)\n"},
     {"generate",
      "usage: eigenformer generate --model M --src-file S [options]\n"
      "  Decodes every line of S from bos_id until eos_id (not printed) or --max-new-tokens, and prints one\n"
@@ -104,6 +111,9 @@ const std::map<std::string, std::string> command_help = {
      "  --threads N               threads to use (default: all cores; never more than the machine's cores)\n"
      "  --max-cache-bytes SIZE    the most memory the KV cache and the search of one batch may take, checked\n"
      "                            before anything is allocated (default 16GiB; units kB MB GB TB KiB MiB GiB TiB)\n"
+     "  --weights TYPE            how weight matrices are held and multiplied: float32 (default, exact),\n"
+     "                            bfloat16, float16 or int8, converted once at load (a CTranslate2 model\n"
+     "                            stored in int8 loads as int8 unless told otherwise)\n"
      "  Sampling options apply in the order temperature, top-k, top-p, min-p, then a draw.\n"},
     {"translate",
      "usage: eigenformer translate --model DIR [--src-file S] [--src-lang L] [--tgt-lang L] [options of generate]\n"
@@ -126,14 +136,14 @@ const std::map<std::string, std::string> command_help = {
 };
 
 const std::map<std::string, std::set<std::string>> command_options = {
-    {"info", {"model"}},
-    {"score", {"model", "src-file", "tgt-file", "out", "batch-size", "threads"}},
+    {"info", {"model", "weights"}},
+    {"score", {"model", "src-file", "tgt-file", "out", "batch-size", "threads", "weights"}},
     {"generate",
      {"model", "src-file", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "seed", "beam-size",
-      "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes"}},
+      "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes", "weights"}},
     {"translate",
      {"model", "src-file", "src-lang", "tgt-lang", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "seed",
-      "beam-size", "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes"}},
+      "beam-size", "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes", "weights"}},
     {"sample",
      {"logits", "n", "temperature", "top-k", "top-p", "min-p", "seed", "length-penalty", "batch-size", "threads"}},
 };
@@ -275,6 +285,23 @@ void apply_threads(const options& o) {
   }
 }
 
+/// --weights: the weight type to load with, or none (load_model's default).
+std::optional<ef::weight_type> weights_option(const options& o) {
+  if (!o.has("weights")) return std::nullopt;
+  try {
+    return ef::parse_weight_type(o.required("weights"), "--weights");
+  } catch (const ef::invalid_argument& e) {
+    throw usage_error(e.what());  // a bad option value: the usage status, as for the other options
+  }
+}
+
+/// The model at `path`, its weight matrices as --weights says.
+ef::model<float> load(const options& o, const std::string& path) {
+  ef::load_options lo;
+  lo.weights = weights_option(o);
+  return ef::load_model<float>(path, lo);
+}
+
 index_t batch_size(const options& o, index_t fallback) {
   const auto b = o.number<index_t>("batch-size");
   if (b && *b < 1) throw usage_error("--batch-size: " + std::to_string(*b) + ", expected 1 or more");
@@ -345,13 +372,14 @@ int run_info(const options& o) {
   const std::string path = o.required("model");
   std::string kind;
   const auto tensors = stored_tensors(path, kind);
-  const auto m = ef::load_model<float>(path);
+  const auto m = load(o, path);
   std::map<std::string, index_t> dtypes;
   for (const auto& t : tensors) ++dtypes[t.dtype];
   std::ostringstream out;  // written at once: a failed write is seen with its reason (errno)
   out << "model: " << path << " (" << kind << ")\n";
   out << "config: " << m.config().to_json().dump(2) << "\n";
   out << "parameters: " << m.parameter_count() << "\n";
+  out << "weights: " << ef::weight_type_name(m.weights()) << ", " << m.weight_bytes() << " bytes in memory\n";
   out << "tensors: " << tensors.size() << " (";
   bool first = true;
   for (const auto& [name, count] : dtypes) {
@@ -371,7 +399,7 @@ int run_score_lm(const options& o) {
   const auto out_file = out_target(out_path);
   apply_threads(o);
   const auto tgt = read_token_file(tgt_path);
-  const auto m = ef::load_model<float>(model_path);
+  const auto m = load(o, model_path);
   const auto& c = m.config();
   if (!c.decoder_only()) throw usage_error("score: missing option --src-file (see --help)");
   check_lines(tgt_path, tgt, c.tgt_vocab_size, c.max_sequence_length(), "target", true);
@@ -405,7 +433,7 @@ int run_score(const options& o) {
     throw ef::format_error(tgt_path + ": " + std::to_string(tgt.size()) + " lines, expected " + std::to_string(src.size()) +
                            " (one per line of " + src_path + ")");
   }
-  const auto m = ef::load_model<float>(model_path);
+  const auto m = load(o, model_path);
   const auto& c = m.config();
   if (c.decoder_only()) throw usage_error("score: --src-file: a decoder-only model scores --tgt-file alone");
   check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
@@ -526,7 +554,7 @@ int run_generate(const options& o) {
   const ef::generation_options g = generation_from(o, chain);
   const index_t B = batch_size(o, 32);
   const auto src = read_token_file(src_path);
-  const auto m = ef::load_model<float>(model_path);
+  const auto m = load(o, model_path);
   const auto& c = m.config();
   check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
   const auto prefixes = read_prefixes(o, src.size(), src_path, c, g);
@@ -574,7 +602,7 @@ int run_translate(const options& o) {
   ef::text::languages langs;
   if (o.has("src-lang")) langs.source = o.required("src-lang");
   if (o.has("tgt-lang")) langs.target = o.required("tgt-lang");
-  const ef::text::translator t(model_path, langs);
+  const ef::text::translator t(model_path, langs, weights_option(o));
   std::vector<std::vector<token_id>> src;
   src.reserve(texts.size());
   for (std::size_t n = 0; n < texts.size(); ++n) {

@@ -7,6 +7,7 @@
 //   - throughput in words per second.
 //
 //   g2p_eval --model examples/models/g2p.safetensors [--heldout FILE] [--limit N] [--beam K] [--check]
+//            [--weights float32|bfloat16|float16|int8] [--margin M]
 // With --check the exit status is 1 when a word differs from PyTorch at a margin >= --margin.
 #include <eigenformer/eigenformer.hpp>
 
@@ -120,6 +121,7 @@ int main(int argc, char** argv) try {
   ef::index_t beam = 4;
   double margin_tolerance = 1e-3;
   bool check = false;
+  ef::load_options load_options;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -132,6 +134,7 @@ int main(int argc, char** argv) try {
     else if (a == "--beam") beam = std::stol(value());
     else if (a == "--margin") margin_tolerance = std::stod(value());
     else if (a == "--check") check = true;
+    else if (a == "--weights") load_options.weights = ef::parse_weight_type(value(), "--weights");
     else throw ef::invalid_argument("unknown option '" + a + "'");
   }
   if (model_path.empty()) throw ef::invalid_argument("usage: g2p_eval --model M [--heldout F] [--limit N] [--beam K] [--check]");
@@ -139,7 +142,7 @@ int main(int argc, char** argv) try {
   const std::string dir = model_path.substr(0, model_path.find_last_of('/') + 1);
   if (heldout_path.empty()) heldout_path = stem + ".heldout.tsv";
 
-  const auto m = ef::load_model<float>(model_path);
+  const auto m = ef::load_model<float>(model_path, load_options);
   const auto chars = read_lines(dir + "g2p.src.vocab");
   const auto phonemes = read_lines(dir + "g2p.tgt.vocab");
   const auto words = read_heldout(heldout_path, limit);
@@ -153,8 +156,8 @@ int main(int argc, char** argv) try {
     ids.push_back(s);
   }
 
-  std::printf("%s: %zu held-out words, %lld parameters, %d thread(s)\n", model_path.c_str(), words.size(),
-              static_cast<long long>(m.parameter_count()), ef::num_threads());
+  std::printf("%s: %zu held-out words, %lld parameters, %s weights, %d thread(s)\n", model_path.c_str(), words.size(),
+              static_cast<long long>(m.parameter_count()), ef::weight_type_name(m.weights()), ef::num_threads());
   // What PyTorch measured on the same words (tools/train_g2p.py records it in the file's metadata).
   const auto meta = ef::io::safetensors_file(model_path).metadata();
   auto pct = [&](const char* key) {

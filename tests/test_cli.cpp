@@ -1,5 +1,6 @@
 // The command-line tool (docs/cli.md), driven as a user drives it: exit codes, stdout,
 // the one-line errors on stderr, and output files that appear whole or not at all.
+#include <eigenformer/eigenformer.hpp>
 #include <eigenformer/io/model_loader.hpp>
 #include <eigenformer/io/npy.hpp>
 
@@ -296,6 +297,54 @@ TEST(Cli, InfoAndHelp) {
   }
   EXPECT_EQ(run("--help").status, 0);
   EXPECT_EQ(run("").status, 2);
+}
+
+// --weights: info reports the type and fewer bytes than float32; generate with int8 weights gives
+// what the library gives with load_options::weights int8 (the tool passes the option through), and
+// float32 what no option gives; a bad type is a usage error naming --weights. Catches the option
+// parsed but not passed to load_model (int8 output = float32 output, bytes unchanged) and a CTranslate2
+// int8 default applied to every model.
+TEST(Cli, WeightsOption) {
+  const std::string model = (fs::path(EIGENFORMER_SOURCE_DIR) / "examples/models/g2p.safetensors").string();
+  const auto bytes_of = [](const std::string& info) {
+    const auto at = info.find("\nweights: ");
+    EXPECT_NE(at, std::string::npos) << info;
+    const auto comma = info.find(", ", at);
+    return std::stoull(info.substr(comma + 2));
+  };
+  const auto f32 = run("info --model " + model);
+  ASSERT_EQ(f32.status, 0) << f32.err;
+  EXPECT_NE(f32.out.find("\nweights: float32, "), std::string::npos) << f32.out;
+  const auto q8 = run("info --model " + model + " --weights int8");
+  ASSERT_EQ(q8.status, 0) << q8.err;
+  EXPECT_NE(q8.out.find("\nweights: int8, "), std::string::npos) << q8.out;
+  EXPECT_LT(bytes_of(q8.out), bytes_of(f32.out) / 2);
+
+  const std::vector<std::vector<ef::token_id>> src = {{10, 11, 12, 13}, {20, 5, 7, 9, 14, 15}, {8, 8, 30}};
+  const std::string src_path = tmp_path("src.txt");
+  {
+    std::ofstream f(src_path);
+    for (const auto& s : src) {
+      for (std::size_t i = 0; i < s.size(); ++i) f << (i ? " " : "") << s[i];
+      f << "\n";
+    }
+  }
+  ef::load_options lo;
+  lo.weights = ef::weight_type::int8;
+  const auto m = ef::load_model<float>(model, lo);
+  ef::generation_options g;
+  g.max_new_tokens = 20;
+  std::string expected;
+  for (const auto& r : ef::generate(m, ef::token_batch::from_sequences(src), g)) {
+    for (std::size_t i = 0; i < r.best().tokens.size(); ++i) expected += (i ? " " : "") + std::to_string(r.best().tokens[i]);
+    expected += "\n";
+  }
+  const auto got = run("generate --model " + model + " --src-file " + src_path + " --max-new-tokens 20 --weights int8");
+  ASSERT_EQ(got.status, 0) << got.err;
+  EXPECT_EQ(got.out, expected);
+  const auto plain = run("generate --model " + model + " --src-file " + src_path + " --max-new-tokens 20");
+  EXPECT_EQ(run("generate --model " + model + " --src-file " + src_path + " --max-new-tokens 20 --weights float32").out, plain.out);
+  expect_error(run("info --model " + model + " --weights int4"), 2, "--weights: 'int4', expected float32, bfloat16, float16 or int8");
 }
 
 TEST(Cli, ErrorsNameTheCulpritInOneLine) {

@@ -20,7 +20,7 @@
 // Kernels: a few input rows (a decode step: n <= detail::small_batch_rows) stream every weight row once,
 // 4 rows at a time against all n inputs, split across threads by row blocks; 16-bit rows are widened in
 // L1-sized chunks, int8 rows multiplied as integers (AVX2: vpsignb + vpmaddubsw + vpmaddwd; elsewhere a
-// portable loop the compiler vectorises). More rows (an encoder, a prompt) widen 64-row tiles into a
+// portable loop the compiler vectorises). More rows (an encoder, a prompt) widen tiles of rows into a
 // per-thread buffer and hand them to Eigen's GEMM (int8: the quantised integers as float, exact products).
 #pragma once
 
@@ -77,7 +77,15 @@ inline weight_type parse_weight_type(std::string_view text, const std::string& o
 
 namespace detail {
 
-inline constexpr index_t packed_tile_rows = 64;  // weight rows widened per GEMM tile (more than 8 inputs)
+/// Weight rows widened per GEMM tile (more than 8 inputs): an equal share of the rows per thread, in
+/// whole 16-row steps, at most 256 K elements (1 MiB of float) so the tile stays in L2: small tiles
+/// leave Eigen's GEMM mostly packing and starting (measured: 64-row tiles halved a G2P model's batched
+/// decoding).
+inline index_t packed_tile_rows(index_t count, index_t cols, int threads) {
+  const index_t share = (count + threads - 1) / threads;
+  const index_t cap = std::max<index_t>(16, (index_t{1} << 18) / std::max<index_t>(cols, 1) / 16 * 16);
+  return std::max<index_t>(16, std::min(cap, (share + 15) / 16 * 16));
+}
 inline constexpr index_t widen_chunk = 512;       // 16-bit weights widened per row and pass (in L1)
 
 /// Row stride of packed weights: `in` rounded up to whole 64-byte lines of `bytes`-sized elements.
@@ -369,15 +377,16 @@ class packed_matrix {
       }
       in = qx, ld_in = ld_;
     }
-    const index_t tiles = (count + detail::packed_tile_rows - 1) / detail::packed_tile_rows;
-    const int threads = std::min<index_t>(tiles, threads_for(n, count));
+    const index_t tile_rows = detail::packed_tile_rows(count, cols_, threads_for(n, count));
+    const index_t tiles = (count + tile_rows - 1) / tile_rows;
+    const int threads = static_cast<int>(std::min<index_t>(tiles, threads_for(n, count)));
     const auto xs = make_view(in, n, cols_, ld_in);
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
     for (index_t t = 0; t < tiles; ++t) {
-      const index_t o = t * detail::packed_tile_rows, rows = std::min(detail::packed_tile_rows, count - o);
-      Scalar* tile = detail::thread_scratch<Scalar, 3>(detail::packed_tile_rows * cols_);
+      const index_t o = t * tile_rows, rows = std::min(tile_rows, count - o);
+      Scalar* tile = detail::thread_scratch<Scalar, 3>(tile_rows * cols_);
       for (index_t r = 0; r < rows; ++r) {
         const index_t row = first + o + r;
         if (int8) {

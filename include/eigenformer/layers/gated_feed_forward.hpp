@@ -20,9 +20,9 @@ struct gated_feed_forward {
   /// LlamaMLP's names). Biases are not taken: a file that has them (mlp_bias) leaves them over, and
   /// the model's weight_map::expect_empty() names them, rather than running without them.
   static gated_feed_forward load(weight_map<Scalar>& w, const std::string& scope, index_t d_model, index_t d_ff) {
-    return {{w.take(scope + ".gate_proj.weight", {d_ff, d_model}), {}},
-            {w.take(scope + ".up_proj.weight", {d_ff, d_model}), {}},
-            {w.take(scope + ".down_proj.weight", {d_model, d_ff}), {}}};
+    return {{w.take(scope + ".gate_proj.weight", {d_ff, d_model}), {}, {}},
+            {w.take(scope + ".up_proj.weight", {d_ff, d_model}), {}, {}},
+            {w.take(scope + ".down_proj.weight", {d_model, d_ff}), {}, {}}};
   }
 
   index_t d_ff() const noexcept { return gate.out_features(); }

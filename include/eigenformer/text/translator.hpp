@@ -14,6 +14,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -31,8 +32,10 @@ namespace eigenformer::text {
 class translator {
  public:
   /// Loads the model and the tokenizer of `dir`; errors as load_model() and tokenizer::load() throw them.
-  explicit translator(const std::filesystem::path& dir, const languages& langs = {})
-      : tokenizer_(tokenizer::load(dir, langs)), model_(load_model<float>(dir, load_options_for(dir, tokenizer_))) {
+  /// `weights`: load_options::weights (unset: load_model's default).
+  explicit translator(const std::filesystem::path& dir, const languages& langs = {},
+                      std::optional<weight_type> weights = std::nullopt)
+      : tokenizer_(tokenizer::load(dir, langs)), model_(load_model<float>(dir, load_options_for(dir, tokenizer_, weights))) {
     const auto& c = model_.config();
     if (tokenizer_.source_vocabulary().size() > c.src_vocab_size) {
       throw config_error(dir.string() + ": the tokenizer has " + std::to_string(tokenizer_.source_vocabulary().size()) +
@@ -95,8 +98,10 @@ class translator {
 
  private:
   /// A CTranslate2 mBART conversion leaves its start token to the caller: the target language.
-  static load_options load_options_for(const std::filesystem::path& dir, const text::tokenizer& t) {
+  static load_options load_options_for(const std::filesystem::path& dir, const text::tokenizer& t,
+                                       std::optional<weight_type> weights) {
     load_options o;
+    o.weights = weights;
     if (io::is_ct2_directory(dir) && t.target().start_token) o.decoder_start_token = t.target().token;
     return o;
   }
