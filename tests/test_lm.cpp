@@ -230,8 +230,11 @@ TEST(Lm, MixtralRouterStatisticsAreRecorded) {
       const auto* h = st.logits.data() + i * 4;
       const index_t a = st.choices[static_cast<std::size_t>(2 * i)], b = st.choices[static_cast<std::size_t>(2 * i + 1)];
       EXPECT_NE(a, b);
-      for (index_t e = 0; e < 4; ++e)
-        if (e != a && e != b) EXPECT_LE(h[e], h[b]) << "layer " << l << ", token " << i;
+      for (index_t e = 0; e < 4; ++e) {
+        if (e != a && e != b) {
+          EXPECT_LE(h[e], h[b]) << "layer " << l << ", token " << i;
+        }
+      }
       EXPECT_GE(h[a], h[b]);
     }
   }
@@ -346,6 +349,27 @@ TEST(Lm, ConfigRoundTrip) {
   EXPECT_EQ(scaled.config().rope_scaling_factor, 2.0);
   EXPECT_EQ(scaled.config().rope_theta, 500000.0);
   EXPECT_TRUE(scaled.config().tie_output);
+  // gpt2: learned positions from 0 (no offset), LayerNorm, dense gelu_tanh; mixtral: gated experts in a top_k MoE.
+  for (const char* name : {"gpt2", "mixtral"}) {
+    const auto& cfg = ef::io::hf_directory(lm_root() / name).config();
+    EXPECT_EQ(ef::model_config::from_json(cfg.to_json()).to_json(), cfg.to_json()) << name;
+  }
+  const auto gpt2 = ef::io::hf_directory(lm_root() / "gpt2").config();
+  EXPECT_EQ(gpt2.positional, ef::positional_encoding::learned);
+  EXPECT_EQ(gpt2.position_offset, 0);
+  EXPECT_EQ(gpt2.max_positions, 64);
+  EXPECT_EQ(gpt2.d_ff, 128);  // n_inner null: 4 n_embd
+  EXPECT_EQ(gpt2.activation_kind, ef::activation::gelu_tanh);
+  EXPECT_EQ(gpt2.norm, ef::normalization::layer_norm);
+  EXPECT_TRUE(gpt2.tie_output);
+  EXPECT_EQ(gpt2.eos_id, 95);
+  const auto mixtral = ef::io::hf_directory(lm_root() / "mixtral").config();
+  ASSERT_TRUE(mixtral.moe);
+  EXPECT_EQ(mixtral.moe->n_experts, 4);
+  EXPECT_EQ(mixtral.moe->top_k, 2);
+  EXPECT_EQ(mixtral.moe->gate_kind, ef::gate::top_k);
+  EXPECT_EQ(mixtral.moe->decoder_layers, (std::vector<index_t>{0, 1}));
+  EXPECT_EQ(mixtral.ff, ef::feed_forward_kind::gated);
 }
 
 // Catches: inconsistent decoder-only configs accepted (and run wrongly) instead of refused by name.

@@ -719,6 +719,45 @@ TYPED_TEST(MoeTest, NoHeapAllocationInADecodeStep) {
   }
 }
 
+// The decoder-only families of tests/fixtures/lm whose layers are new to the decode step: Mixtral's
+// gated experts (router logits and choices recorded) and GPT-2's learned positions. Catches: a
+// per-step vector in the gated expert path or in the router statistics, a position table copied per
+// step.
+TYPED_TEST(MoeTest, NoHeapAllocationInADecodeStepDecoderOnly) {
+  using S = TypeParam;
+  for (const char* name : {"mixtral", "gpt2"}) {
+    const auto m = ef::load_model<S>(std::filesystem::path(EIGENFORMER_TEST_DATA) / "lm" / name);
+    ef::moe_router_stats stats;
+    stats.keep_choices = true;
+    stats.keep_logits = true;
+    const std::vector<std::vector<token_id>> prompts{{1, 5, 9, 12}, {1, 7}};
+    const auto memory = m.encode(ef::token_batch::from_sequences(prompts));
+    ef::kv_cache<S> cache;
+    m.start_decoding(memory, 2, 24, cache);
+    const std::vector<index_t> slots{0, 1, 2, 3};
+    const std::vector<index_t> counts{4, 4, 2, 2};
+    const std::vector<token_id> prompt_tokens{1, 5, 9, 12, 1, 5, 9, 12, 1, 7, 1, 7};
+    const std::vector<token_id> tokens(slots.size(), 3);
+    const std::vector<index_t> parents{1, 0, 3, 2};
+    ef::tensor<S> first({12, m.config().tgt_vocab_size}), out({4, m.config().tgt_vocab_size});
+    const ef::moe_runtime rt{.stats = &stats};
+    m.decode_step(cache, {.slots = slots, .tokens = prompt_tokens, .counts = counts, .moe = rt}, first.matrix());
+    m.decode_step(cache, {.slots = slots, .tokens = tokens, .moe = rt}, out.matrix());  // the first one-token step may allocate
+    cache.reorder(parents);
+    const long before = ef::testing::allocations();
+    for (int step = 0; step < 8; ++step) {
+      m.decode_step(cache, {.slots = slots, .tokens = tokens, .moe = rt}, out.matrix());
+      cache.reorder(parents);
+    }
+    EXPECT_EQ(ef::testing::allocations() - before, 0) << name;
+    if (std::string(name) == "mixtral") {
+      ASSERT_EQ(stats.layers().size(), 2u);
+      EXPECT_EQ(stats.layers()[0].tokens, 4);
+      EXPECT_EQ(stats.layers()[0].logits.size(), 4u * 4u);
+    }
+  }
+}
+
 TYPED_TEST(MoeTest, WeightErrorsNameTheTensor) {
   using S = TypeParam;
   const auto c = moe_model_config(ef::gate::top_k, 3, 2, {1}, {0});

@@ -12,7 +12,7 @@
 // score and decode_step take a moe_runtime (default: noise off, no statistics); in decode_step
 // each slot is a sequence of its own for the noise (sequence id = slot, position = its step).
 //
-// A decoder-only model (config.architecture "decoder-only": a Llama-family language model) has no
+// A decoder-only model (config.architecture "decoder-only": Llama family, Mixtral, GPT-2) has no
 // encoder: encode(prompts) only checks the prompts and gives an encoder output without rows, the
 // decoder layers have no cross-attention, and the prompt goes through decode_step as the first
 // tokens of each slot (one causal block). score(tgt) gives next-token log-probabilities of whole

@@ -117,7 +117,7 @@ class hf_directory {
   std::string where(const char* file) const { return (dir_ / file).string(); }
 
   void parse_config();
-  /// llama, mistral, qwen2: the decoder-only families.
+  /// llama, mistral, qwen2, mixtral: the decoder-only families of the Llama layout.
   void parse_lm_config(const nlohmann::json& j);
   /// gpt2.
   void parse_gpt2_config(const nlohmann::json& j);
