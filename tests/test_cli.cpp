@@ -696,19 +696,23 @@ TEST(Cli, Translate) {
 }
 
 // Catches: the tool requiring a source for a decoder-only model, printing the prompt with the new
-// tokens, or scoring through the encoder-decoder path (tests/fixtures/lm/llama: transformers' outputs).
+// tokens, or scoring through the encoder-decoder path (tests/fixtures/lm: transformers' outputs), for
+// a Llama, a GPT-2 (learned positions, LayerNorm) and a Mixtral (MoE) folder.
 TEST(Cli, DecoderOnlyScoreAndGenerate) {
+  for (const std::string name : {"llama", "gpt2", "mixtral"}) {
+    const std::string dir = (fixture_root() / "lm" / name).string();
+    const std::string out = tmp_path("lm_" + name + ".npy");
+    auto r = run("score --model " + dir + " --tgt-file " + fixture("lm/" + name, "tgt.txt") + " --out " + out);
+    ASSERT_EQ(r.status, 0) << name << ": " << r.err;
+    const auto got = ef::io::read_npy<float>(out);
+    const auto expected = ef::io::read_npy<double>(fixture_root() / "lm" / name / "logprobs.npy");
+    ASSERT_EQ(got.shape(), expected.shape()) << name;
+    EXPECT_LT(max_abs_diff(got.values(), expected.values()), 1e-4) << name;
+    r = run("generate --model " + dir + " --src-file " + fixture("lm/" + name, "prompts.txt") + " --max-new-tokens 16");
+    ASSERT_EQ(r.status, 0) << name << ": " << r.err;
+    EXPECT_EQ(id_lines(r.out), id_lines(read_file(fixture_root() / "lm" / name / "greedy.txt"))) << name;
+  }
   const std::string dir = (fixture_root() / "lm" / "llama").string();
-  const std::string out = tmp_path("lm_llama.npy");
-  auto r = run("score --model " + dir + " --tgt-file " + fixture("lm/llama", "tgt.txt") + " --out " + out);
-  ASSERT_EQ(r.status, 0) << r.err;
-  const auto got = ef::io::read_npy<float>(out);
-  const auto expected = ef::io::read_npy<double>(fixture_root() / "lm" / "llama" / "logprobs.npy");
-  ASSERT_EQ(got.shape(), expected.shape());
-  EXPECT_LT(max_abs_diff(got.values(), expected.values()), 1e-4);
-  r = run("generate --model " + dir + " --src-file " + fixture("lm/llama", "prompts.txt") + " --max-new-tokens 16");
-  ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_EQ(id_lines(r.out), id_lines(read_file(fixture_root() / "lm" / "llama" / "greedy.txt")));
   expect_error(run("score --model " + dir + " --src-file " + fixture("lm/llama", "prompts.txt") + " --tgt-file " +
                    fixture("lm/llama", "tgt.txt") + " --out " + tmp_path("x.npy")),
                2, "a decoder-only model scores --tgt-file alone");

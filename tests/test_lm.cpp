@@ -1,4 +1,4 @@
-// Decoder-only language models of the Llama family (issue 13), loaded from the Hugging Face folders
+// Decoder-only language models (issue 13: llama, mistral, qwen2, gpt2, mixtral), loaded from the Hugging Face folders
 // of tests/fixtures/lm (README.md there: tools/hf/make_lm_fixtures.py, transformers 4.46.3) and
 // held to what transformers computes on them: teacher-forced log-probabilities, greedy and beam
 // outputs, one-pass prompt processing, the grouped-query KV cache, and the configs we refuse.
@@ -8,12 +8,14 @@
 #include <eigenformer/decode.hpp>
 #include <eigenformer/io/model_loader.hpp>
 #include <eigenformer/io/npy.hpp>
+#include <eigenformer/layers/moe.hpp>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -73,25 +75,30 @@ class LmCase : public ::testing::TestWithParam<std::string> {
 
 // Catches: rotary applied to one of q/k only or at relative instead of absolute positions, KV head
 // h mapped as h % n_kv instead of h / (n_heads / n_kv), RMSNorm with a mean subtracted, silu on the
-// up projection, a tied head read from the wrong table, Qwen2's biases dropped.
+// up projection, a tied head read from the wrong table, Qwen2's biases dropped; GPT-2's Conv1D
+// weights read as [out, in] (not transposed), its positions counted from 1, exact gelu instead of
+// gelu_new, q/k/v taken as row instead of column blocks of c_attn; Mixtral's top-2 weights not
+// renormalised (softmax over all experts kept), w1 and w3 swapped, the router read transposed.
 TEST_P(LmCase, TeacherForcedLogProbsFloat) {
   const auto m = ef::load_model<float>(dir());
   const auto tgt = lines("tgt.txt");
   const auto ours = m.score(tgt);
   const double dev = max_deviation(ours, ef::io::read_npy<double>(dir() / "logprobs.npy"), tgt);
   print_deviation(GetParam() + " float vs logprobs.npy", dev);
-  EXPECT_LT(dev, 1e-4);  // measured 1.3e-5 to 2.0e-5 (-march=native)
+  EXPECT_LT(dev, 1e-4);  // measured 1.3e-5 to 2.0e-5 (-march=native), gpt2 and mixtral included
 }
 
 // Catches: the double model computing any part in float (angles, norms, softmax), which the float
-// test above cannot see: logprobs_exact_f64.npy is a true float64 computation.
+// test above cannot see: logprobs_exact_f64.npy is a true float64 computation. GPT-2 has no such
+// file: transformers computes it in float64 throughout, so logprobs.npy is exact for it.
 TEST_P(LmCase, TeacherForcedLogProbsDoubleExact) {
   const auto m = ef::load_model<double>(dir());
   const auto tgt = lines("tgt.txt");
   const auto ours = m.score(tgt);
-  const double exact = max_deviation(ours, ef::io::read_npy<double>(dir() / "logprobs_exact_f64.npy"), tgt);
+  const fs::path exact_file = fs::exists(dir() / "logprobs_exact_f64.npy") ? dir() / "logprobs_exact_f64.npy" : dir() / "logprobs.npy";
+  const double exact = max_deviation(ours, ef::io::read_npy<double>(exact_file), tgt);
   const double mixed = max_deviation(ours, ef::io::read_npy<double>(dir() / "logprobs.npy"), tgt);
-  print_deviation(GetParam() + " double vs logprobs_exact_f64.npy", exact);
+  print_deviation(GetParam() + " double vs " + exact_file.filename().string(), exact);
   print_deviation(GetParam() + " double vs logprobs.npy (transformers' mixed float64)", mixed);
   EXPECT_LT(exact, 1e-11);  // measured 2.5e-14 to 3.9e-14 (-march=native)
   EXPECT_LT(mixed, 3e-5);   // measured 5.9e-6 to 7.9e-6: transformers keeps RMSNorm, rotary, softmax in float32
@@ -123,7 +130,162 @@ TEST_P(LmCase, BeamSearchMatchesTransformers) {
   for (std::size_t b = 0; b < expected.size(); ++b) EXPECT_EQ(results[b].best().tokens, expected[b]) << "prompt " << b;
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, LmCase, ::testing::Values("llama", "llama_scaled", "mistral", "qwen2"));
+// Catches: n-best hypotheses in the wrong order, a finished hypothesis dropped for a running one,
+// scores divided by a length that counts the prompt (or omits the eos).
+TEST_P(LmCase, BeamNBestMatchesTransformers) {
+  const auto m = ef::load_model<float>(dir());
+  ef::generation_options o;
+  o.max_new_tokens = 16;
+  o.beam_size = 4;
+  o.num_return_sequences = 2;
+  o.early_stopping = true;
+  const auto results = ef::generate(m, lines("prompts.txt"), o);
+  std::istringstream in(read_file(dir() / "beam4_nbest.txt"));
+  std::string line;
+  std::vector<std::size_t> seen(results.size(), 0);
+  double worst = 0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    std::istringstream fields(line);
+    std::string prompt, score, ids;
+    std::getline(fields, prompt, '\t');
+    std::getline(fields, score, '\t');
+    std::getline(fields, ids);
+    const auto b = static_cast<std::size_t>(std::stoul(prompt));
+    ASSERT_LT(b, results.size());
+    const std::size_t r = seen[b]++;
+    ASSERT_LT(r, results[b].hypotheses.size()) << "prompt " << b;
+    std::vector<token_id> expected;
+    std::istringstream id_stream(ids);
+    for (token_id t; id_stream >> t;) expected.push_back(t);
+    const auto& h = results[b].hypotheses[r];
+    EXPECT_EQ(h.tokens, expected) << "prompt " << b << ", hypothesis " << r;
+    worst = std::max(worst, std::fabs(h.score - std::stod(score)));
+  }
+  for (std::size_t b = 0; b < results.size(); ++b) EXPECT_EQ(seen[b], 2u) << "prompt " << b;
+  print_deviation(GetParam() + " beam4 n-best scores vs transformers' sequences_scores", worst);
+  EXPECT_LT(worst, 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LmCase, ::testing::Values("llama", "llama_scaled", "mistral", "qwen2", "gpt2", "mixtral"));
+
+// ---- mixtral: the router through the library's MoE layer --------------------------------------
+
+/// Reads mixtral's teacher-forced pass with router statistics (logits kept).
+template <class S>
+ef::moe_router_stats mixtral_router_stats() {
+  const auto m = ef::load_model<S>(lm_root() / "mixtral");
+  ef::moe_router_stats stats;
+  stats.keep_logits = true;
+  stats.keep_choices = true;
+  (void)m.score(ef::token_batch::from_sequences(id_lines(lm_root() / "mixtral" / "tgt.txt")), {.stats = &stats});
+  return stats;
+}
+
+/// max |ours - ref| with ref [layers, tokens, experts] and ours one entry per layer.
+double router_deviation(const ef::moe_router_stats& stats, const ef::tensor<double>& ref) {
+  EXPECT_EQ(static_cast<index_t>(stats.layers().size()), ref.dim(0));
+  double dev = 0;
+  for (index_t l = 0; l < ref.dim(0) && l < static_cast<index_t>(stats.layers().size()); ++l) {
+    const auto& st = stats.layers()[static_cast<std::size_t>(l)];
+    EXPECT_EQ(static_cast<index_t>(st.logits.size()), ref.dim(1) * ref.dim(2)) << "layer " << l;
+    for (index_t i = 0; i < ref.dim(1) * ref.dim(2) && i < static_cast<index_t>(st.logits.size()); ++i)
+      dev = std::max(dev, std::fabs(st.logits[static_cast<std::size_t>(i)] - ref.data()[l * ref.dim(1) * ref.dim(2) + i]));
+  }
+  return dev;
+}
+
+// Catches: router logits of the wrong input (before the post-attention norm, or the residual
+// stream), a router weight read transposed, tokens of the batch recorded in another order than
+// packed, layer statistics overwritten by the other layer.
+TEST(Lm, MixtralRouterLogitsMatchTransformers) {
+  const double f = router_deviation(mixtral_router_stats<float>(), ef::io::read_npy<double>(lm_root() / "mixtral" / "router_logits.npy"));
+  const auto exact_stats = mixtral_router_stats<double>();
+  const double exact = router_deviation(exact_stats, ef::io::read_npy<double>(lm_root() / "mixtral" / "router_logits_exact_f64.npy"));
+  print_deviation("mixtral router logits, float vs router_logits.npy", f);
+  print_deviation("mixtral router logits, double vs router_logits_exact_f64.npy", exact);
+  EXPECT_LT(f, 1e-4);
+  EXPECT_LT(exact, 1e-11);
+}
+
+// Catches: statistics missing from the decoder-only path, a layer routing each token to fewer or
+// more than k experts, counts of padding rows, every token sent to one expert (non-trivial routing).
+TEST(Lm, MixtralRouterStatisticsAreRecorded) {
+  const auto stats = mixtral_router_stats<float>();
+  ASSERT_EQ(stats.layers().size(), 2u);
+  for (std::size_t l = 0; l < 2; ++l) {
+    const auto& st = stats.layers()[l];
+    EXPECT_EQ(st.scope, "transformer.decoder.layers." + std::to_string(l));
+    EXPECT_EQ(st.tokens, 37);  // 12 + 8 + 17 teacher-forced tokens
+    EXPECT_EQ(st.k, 2);
+    index_t sum = 0, used = 0;
+    for (index_t c : st.counts) {
+      sum += c;
+      used += c > 0 ? 1 : 0;
+    }
+    EXPECT_EQ(sum, 37 * 2) << "layer " << l;
+    EXPECT_GE(used, 3) << "layer " << l;
+    ASSERT_EQ(st.choices.size(), 37u * 2u);
+    for (index_t i = 0; i < 37; ++i) {  // the two chosen experts have the two largest logits
+      const auto* h = st.logits.data() + i * 4;
+      const index_t a = st.choices[static_cast<std::size_t>(2 * i)], b = st.choices[static_cast<std::size_t>(2 * i + 1)];
+      EXPECT_NE(a, b);
+      for (index_t e = 0; e < 4; ++e) {
+        if (e != a && e != b) {
+          EXPECT_LE(h[e], h[b]) << "layer " << l << ", token " << i;
+        }
+      }
+      EXPECT_GE(h[a], h[b]);
+    }
+  }
+}
+
+// Catches: the top-k gate not renormalised as Mixtral does (p = softmax over all E, keep the top
+// k, divide by their sum: weights p_e instead of p_e / sum), the experts' gate and up projections
+// swapped, the gated expert run without silu. Computes Mixtral's formula by hand, in double, on
+// layer 0 of the fixture and random inputs, against the library's moe_layer (top_k gate).
+TEST(Lm, MixtralMoeIsSoftmaxTopKRenormalised) {
+  using S = double;
+  const ef::io::hf_directory dir(lm_root() / "mixtral");
+  auto w = dir.read_weights<S>();
+  const auto& c = dir.config();
+  ASSERT_TRUE(c.moe);
+  const auto gate_w = *w.find("transformer.decoder.layers.0.moe.gate.weight");  // [E, d]
+  const auto layer = ef::moe_layer<S>::load(w, "transformer.decoder.layers.0", c, 0);
+  ASSERT_TRUE(layer.gated());
+  const index_t n = 9, d = c.d_model, E = layer.n_experts(), k = c.moe->top_k;
+  ef::tensor<S> x({n, d}), out({n, d});  // [n, d_model]
+  for (index_t i = 0; i < x.size(); ++i) x.data()[i] = std::sin(0.37 * double(i) + 0.1) * 1.5;
+  ef::workspace<S> ws;
+  const std::vector<index_t> offsets{0, n};
+  layer(x.matrix(), out.matrix(), ef::forward_context{{offsets, {}, {}}, {}}, ws);
+  double dev = 0, unnormalised = 0;
+  for (index_t i = 0; i < n; ++i) {
+    Eigen::VectorXd h = gate_w.matrix() * x.matrix().row(i).transpose();  // [E]
+    Eigen::VectorXd p = (h.array() - h.maxCoeff()).exp();
+    p /= p.sum();  // softmax over all E (MixtralSparseMoeBlock)
+    std::vector<index_t> order(static_cast<std::size_t>(E));
+    for (index_t e = 0; e < E; ++e) order[static_cast<std::size_t>(e)] = e;
+    std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) { return p[a] > p[b]; });
+    double kept = 0;
+    for (index_t j = 0; j < k; ++j) kept += p[order[static_cast<std::size_t>(j)]];
+    Eigen::RowVectorXd y = Eigen::RowVectorXd::Zero(d), y_raw = Eigen::RowVectorXd::Zero(d);
+    for (index_t j = 0; j < k; ++j) {
+      const auto& ex = layer.gated_expert(order[static_cast<std::size_t>(j)]);
+      const Eigen::RowVectorXd xi = x.matrix().row(i);
+      Eigen::RowVectorXd g = xi * ex.gate.weight.matrix().transpose(), u = xi * ex.up.weight.matrix().transpose();
+      g = (g.array() / (1.0 + (-g.array()).exp()) * u.array()).matrix();
+      const Eigen::RowVectorXd e_out = g * ex.down.weight.matrix().transpose();
+      y += (p[order[static_cast<std::size_t>(j)]] / kept) * e_out;  // renormalised to sum 1
+      y_raw += p[order[static_cast<std::size_t>(j)]] * e_out;
+    }
+    dev = std::max(dev, (out.matrix().row(i) - y).cwiseAbs().maxCoeff());
+    unnormalised = std::max(unnormalised, (y_raw - y).cwiseAbs().maxCoeff());
+  }
+  print_deviation("mixtral MoE layer vs softmax-top-k-renormalise by hand (double)", dev);
+  EXPECT_LT(dev, 1e-12);
+  EXPECT_GT(unnormalised, 1e-2);  // the renormalisation matters on these inputs: the test can see it
+}
 
 // Catches: a prompt block attended without the causal mask, or its keys rotated at positions 0..n-1
 // of the block instead of after what the slot holds: one-pass prefill must equal token-by-token.
@@ -187,6 +349,27 @@ TEST(Lm, ConfigRoundTrip) {
   EXPECT_EQ(scaled.config().rope_scaling_factor, 2.0);
   EXPECT_EQ(scaled.config().rope_theta, 500000.0);
   EXPECT_TRUE(scaled.config().tie_output);
+  // gpt2: learned positions from 0 (no offset), LayerNorm, dense gelu_tanh; mixtral: gated experts in a top_k MoE.
+  for (const char* name : {"gpt2", "mixtral"}) {
+    const auto& cfg = ef::io::hf_directory(lm_root() / name).config();
+    EXPECT_EQ(ef::model_config::from_json(cfg.to_json()).to_json(), cfg.to_json()) << name;
+  }
+  const auto gpt2 = ef::io::hf_directory(lm_root() / "gpt2").config();
+  EXPECT_EQ(gpt2.positional, ef::positional_encoding::learned);
+  EXPECT_EQ(gpt2.position_offset, 0);
+  EXPECT_EQ(gpt2.max_positions, 64);
+  EXPECT_EQ(gpt2.d_ff, 128);  // n_inner null: 4 n_embd
+  EXPECT_EQ(gpt2.activation_kind, ef::activation::gelu_tanh);
+  EXPECT_EQ(gpt2.norm, ef::normalization::layer_norm);
+  EXPECT_TRUE(gpt2.tie_output);
+  EXPECT_EQ(gpt2.eos_id, 95);
+  const auto mixtral = ef::io::hf_directory(lm_root() / "mixtral").config();
+  ASSERT_TRUE(mixtral.moe);
+  EXPECT_EQ(mixtral.moe->n_experts, 4);
+  EXPECT_EQ(mixtral.moe->top_k, 2);
+  EXPECT_EQ(mixtral.moe->gate_kind, ef::gate::top_k);
+  EXPECT_EQ(mixtral.moe->decoder_layers, (std::vector<index_t>{0, 1}));
+  EXPECT_EQ(mixtral.ff, ef::feed_forward_kind::gated);
 }
 
 // Catches: inconsistent decoder-only configs accepted (and run wrongly) instead of refused by name.
@@ -223,8 +406,41 @@ TEST(Lm, HostileConfigsNameTheKey) {
                                 ef::config_error, "mlp_bias: true, expected false");
   EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(edited_copy("llama", "new_key", [](auto& j) { j["rope_foo"] = 1; })),
                                 ef::config_error, "key 'rope_foo' (1) is not supported for model_type llama");
-  // Not yet supported families: refused by model_type, not half-loaded.
-  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(lm_root() / "mixtral"), ef::config_error, "model_type 'mixtral' is not supported");
+  // GPT-2: each option that changes GPT2Attention or GPT2MLP beyond what we compute, by key.
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("gpt2", "inv_layer", [](auto& j) { j["scale_attn_by_inverse_layer_idx"] = true; })),
+      ef::config_error, "scale_attn_by_inverse_layer_idx: true, expected false");
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("gpt2", "upcast", [](auto& j) { j["reorder_and_upcast_attn"] = true; })),
+      ef::config_error, "reorder_and_upcast_attn: true, expected false");
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("gpt2", "unscaled", [](auto& j) { j["scale_attn_weights"] = false; })),
+      ef::config_error, "scale_attn_weights: false, expected true");
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("gpt2", "quick_gelu", [](auto& j) { j["activation_function"] = "quick_gelu"; })),
+      ef::config_error, "activation_function: \"quick_gelu\", expected gelu_new");
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("gpt2", "cross", [](auto& j) { j["add_cross_attention"] = true; })),
+      ef::config_error, "add_cross_attention: true, expected false");
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(edited_copy("gpt2", "gpt2_key", [](auto& j) { j["n_foo"] = 2; })),
+                                ef::config_error, "key 'n_foo' (2) is not supported for model_type gpt2");
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(edited_copy("gpt2", "no_embd", [](auto& j) { j["n_embd"] = "32"; })),
+                                ef::config_error, "n_embd: \"32\", expected an integer");
+  // Mixtral: router jitter (a training device) and k outside 1 .. E.
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("mixtral", "jitter", [](auto& j) { j["router_jitter_noise"] = 0.1; })),
+      ef::config_error, "router_jitter_noise: 0.1, expected 0");
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("mixtral", "k5", [](auto& j) { j["num_experts_per_tok"] = 5; })),
+      ef::config_error, "num_experts_per_tok: 5, expected 1 to num_local_experts (4)");
+  EIGENFORMER_EXPECT_THROW_WITH(
+      ef::load_model<float>(edited_copy("mixtral", "no_experts", [](auto& j) { j.erase("num_local_experts"); })),
+      ef::config_error, "num_local_experts: missing, expected an integer");
+  // Families not supported: refused by model_type, naming the supported ones.
+  EIGENFORMER_EXPECT_THROW_WITH(ef::load_model<float>(edited_copy("llama", "phi", [](auto& j) { j["model_type"] = "phi"; })),
+                                ef::config_error,
+                                "model_type 'phi' is not supported, expected marian, bart, mbart or m2m_100 (encoder-decoder); "
+                                "llama, mistral, qwen2, mixtral or gpt2 (decoder-only)");
 }
 
 // Catches: generate() on a decoder-only model accepting an empty prompt (nothing to predict from) or

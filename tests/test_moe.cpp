@@ -9,6 +9,7 @@
 #include <eigenformer/model.hpp>
 #include <eigenformer/threads.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cmath>
@@ -592,6 +593,98 @@ TYPED_TEST(MoeTest, ResultsDoNotDependOnThreadTiming) {
   EXPECT_LT(max_diff(one, first), this->tol()) << "1 thread against " << threads;
 }
 
+// Gated (SwiGLU) experts, as Mixtral's, against the formula by hand: y = sum over the top k of
+// w_e down_e(silu(gate_e x) * up_e x), w = softmax over all E, kept k renormalised to sum 1 (the
+// top_k gate's softmax over the kept logits, moe.hpp). Big enough that with 2 threads the experts run
+// one per thread (the per-thread path), and then on 1 thread. Catches: gate and up swapped, silu
+// on the up projection, weights not renormalised, the gated hidden block shared between threads
+// (each expert must write its own rows of the scratch), router logits not recorded as computed.
+TYPED_TEST(MoeTest, GatedExpertsAreSoftmaxTopKRenormalised) {
+  using S = TypeParam;
+  ef::model_config c;
+  c.d_model = 64;
+  c.d_ff = 256;
+  c.ff = ef::feed_forward_kind::gated;
+  ef::moe_config m;
+  m.n_experts = 4;
+  m.top_k = 2;
+  m.gate_kind = ef::gate::top_k;
+  c.moe = m;
+  const index_t d = c.d_model, f = c.d_ff, E = 4, k = 2, n = 40;
+  ef::detail::rng g = ef::detail::rng::stream(7, 1);
+  auto random = [&](ef::tensor_shape shape, double scale) {
+    ef::tensor<S> t(shape);
+    for (index_t i = 0; i < t.size(); ++i) t.data()[i] = static_cast<S>(scale * g.normal());
+    return t;
+  };
+  ef::weight_map<S> w("gated");
+  w.insert("l.moe.gate.weight", random({E, d}, 0.5));
+  for (index_t e = 0; e < E; ++e) {
+    const std::string p = "l.moe.experts." + std::to_string(e);
+    w.insert(p + ".gate_proj.weight", random({f, d}, 1 / std::sqrt(double(d))));
+    w.insert(p + ".up_proj.weight", random({f, d}, 1 / std::sqrt(double(d))));
+    w.insert(p + ".down_proj.weight", random({d, f}, 1 / std::sqrt(double(f))));
+  }
+  const auto gate_w = *w.find("l.moe.gate.weight");  // [E, d_model], kept for the reference
+  const auto layer = ef::moe_layer<S>::load(w, "l", c, 0);
+  w.expect_empty();
+  ASSERT_TRUE(layer.gated());
+  EXPECT_EQ(layer.d_ff(), f);
+  EXPECT_EQ(layer.parameter_count(), E * d + E * 3 * d * f);
+  const auto x = random({n, d}, 1.0);  // [n, d_model]
+  // The reference, in double: Mixtral's routing and experts.
+  std::vector<double> ref(std::size_t(n * d), 0.0), ref_logits(std::size_t(n * E), 0.0);
+  for (index_t i = 0; i < n; ++i) {
+    double* h = ref_logits.data() + i * E;
+    for (index_t e = 0; e < E; ++e)
+      for (index_t j = 0; j < d; ++j) h[e] += double(gate_w(e, j)) * double(x(i, j));
+    const double mx = *std::max_element(h, h + E);
+    std::vector<double> p(static_cast<std::size_t>(E));
+    double z = 0;
+    for (index_t e = 0; e < E; ++e) z += (p[std::size_t(e)] = std::exp(h[e] - mx));
+    for (auto& v : p) v /= z;  // softmax over all E
+    std::vector<index_t> order{0, 1, 2, 3};
+    std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) { return p[std::size_t(a)] > p[std::size_t(b)]; });
+    const double kept = p[std::size_t(order[0])] + p[std::size_t(order[1])];
+    for (index_t j = 0; j < k; ++j) {
+      const index_t e = order[std::size_t(j)];
+      const auto& ex = layer.gated_expert(e);
+      std::vector<double> a(static_cast<std::size_t>(f));
+      for (index_t r = 0; r < f; ++r) {
+        double gv = 0, uv = 0;
+        for (index_t q = 0; q < d; ++q) {
+          gv += double(ex.gate.weight(r, q)) * double(x(i, q));
+          uv += double(ex.up.weight(r, q)) * double(x(i, q));
+        }
+        a[std::size_t(r)] = gv / (1 + std::exp(-gv)) * uv;  // silu(gate x) * up x
+      }
+      for (index_t o = 0; o < d; ++o) {
+        double v = 0;
+        for (index_t r = 0; r < f; ++r) v += double(ex.down.weight(o, r)) * a[std::size_t(r)];
+        ref[std::size_t(i * d + o)] += p[std::size_t(e)] / kept * v;  // renormalised to sum 1
+      }
+    }
+  }
+  for (const int threads : {ef::num_threads(), 1}) {
+    const int before = ef::num_threads();
+    ef::set_num_threads(threads);
+    ef::moe_router_stats stats;
+    stats.keep_logits = true;
+    const auto y = run_layer(layer, x, {.stats = &stats});
+    ef::set_num_threads(before);
+    double dev = 0, logit_dev = 0;
+    for (index_t i = 0; i < n * d; ++i) dev = std::max(dev, std::fabs(double(y.data()[i]) - ref[std::size_t(i)]));
+    ASSERT_EQ(stats.layers()[0].logits.size(), std::size_t(n * E));
+    for (index_t i = 0; i < n * E; ++i)
+      logit_dev = std::max(logit_dev, std::fabs(stats.layers()[0].logits[std::size_t(i)] - ref_logits[std::size_t(i)]));
+    EXPECT_LT(dev, this->tol()) << threads << " thread(s)";
+    EXPECT_LT(logit_dev, this->tol()) << threads << " thread(s)";
+    index_t sum = 0;
+    for (index_t cnt : stats.layers()[0].counts) sum += cnt;
+    EXPECT_EQ(sum, n * k);
+  }
+}
+
 TYPED_TEST(MoeTest, NoHeapAllocationInADecodeStep) {
   using S = TypeParam;
   auto c = moe_model_config(ef::gate::noisy_top_k, 4, 2, {0}, {0, 1}, true);
@@ -623,6 +716,45 @@ TYPED_TEST(MoeTest, NoHeapAllocationInADecodeStep) {
                     ef::make_view(out.data(), 2, c.tgt_vocab_size));
     }
     EXPECT_EQ(ef::testing::allocations() - before, 0) << "keep_choices " << keep;
+  }
+}
+
+// The decoder-only families of tests/fixtures/lm whose layers are new to the decode step: Mixtral's
+// gated experts (router logits and choices recorded) and GPT-2's learned positions. Catches: a
+// per-step vector in the gated expert path or in the router statistics, a position table copied per
+// step.
+TYPED_TEST(MoeTest, NoHeapAllocationInADecodeStepDecoderOnly) {
+  using S = TypeParam;
+  for (const char* name : {"mixtral", "gpt2"}) {
+    const auto m = ef::load_model<S>(std::filesystem::path(EIGENFORMER_TEST_DATA) / "lm" / name);
+    ef::moe_router_stats stats;
+    stats.keep_choices = true;
+    stats.keep_logits = true;
+    const std::vector<std::vector<token_id>> prompts{{1, 5, 9, 12}, {1, 7}};
+    const auto memory = m.encode(ef::token_batch::from_sequences(prompts));
+    ef::kv_cache<S> cache;
+    m.start_decoding(memory, 2, 24, cache);
+    const std::vector<index_t> slots{0, 1, 2, 3};
+    const std::vector<index_t> counts{4, 4, 2, 2};
+    const std::vector<token_id> prompt_tokens{1, 5, 9, 12, 1, 5, 9, 12, 1, 7, 1, 7};
+    const std::vector<token_id> tokens(slots.size(), 3);
+    const std::vector<index_t> parents{1, 0, 3, 2};
+    ef::tensor<S> first({12, m.config().tgt_vocab_size}), out({4, m.config().tgt_vocab_size});
+    const ef::moe_runtime rt{.stats = &stats};
+    m.decode_step(cache, {.slots = slots, .tokens = prompt_tokens, .counts = counts, .moe = rt}, first.matrix());
+    m.decode_step(cache, {.slots = slots, .tokens = tokens, .moe = rt}, out.matrix());  // the first one-token step may allocate
+    cache.reorder(parents);
+    const long before = ef::testing::allocations();
+    for (int step = 0; step < 8; ++step) {
+      m.decode_step(cache, {.slots = slots, .tokens = tokens, .moe = rt}, out.matrix());
+      cache.reorder(parents);
+    }
+    EXPECT_EQ(ef::testing::allocations() - before, 0) << name;
+    if (std::string(name) == "mixtral") {
+      ASSERT_EQ(stats.layers().size(), 2u);
+      EXPECT_EQ(stats.layers()[0].tokens, 4);
+      EXPECT_EQ(stats.layers()[0].logits.size(), 4u * 4u);
+    }
   }
 }
 

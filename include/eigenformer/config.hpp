@@ -30,6 +30,7 @@ enum class positional_encoding { sinusoidal, learned, rotary };
 /// The normalisation of every norm of the model: nn.LayerNorm (weight and bias) or RMSNorm (weight only).
 enum class normalization { layer_norm, rms_norm };
 /// The feed-forward block: dense (linear2(act(linear1 x))) or gated (SwiGLU: down(silu(gate x) * up x), no biases).
+/// With `moe`, the kind of every expert of the MoE layers (gated: Mixtral's experts).
 enum class feed_forward_kind { dense, gated };
 /// Which attention projections have biases: all (nn.MultiheadAttention), q/k/v only (Qwen2), none (Llama).
 enum class attention_bias { all, qkv, none };
@@ -352,7 +353,7 @@ inline void model_config::validate() const {
       throw config_error(w + ".attention_bias: '" + std::string(to_string(attn_bias)) + "', expected 'all' (encoder-decoder)");
     }
   }
-  if (ff == feed_forward_kind::gated && moe) throw config_error(w + ".feed_forward: 'gated' with 'moe', expected one of them");
+  // feed_forward 'gated' with 'moe': the experts of the MoE layers are gated (SwiGLU) blocks (Mixtral).
   detail::check_id(w, "bos_id", bos_id, tgt_vocab_size);
   detail::check_id(w, "eos_id", eos_id, tgt_vocab_size);
   detail::check_id(w, "pad_id", pad_id, tgt_vocab_size);

@@ -12,7 +12,7 @@
 // score and decode_step take a moe_runtime (default: noise off, no statistics); in decode_step
 // each slot is a sequence of its own for the noise (sequence id = slot, position = its step).
 //
-// A decoder-only model (config.architecture "decoder-only": a Llama-family language model) has no
+// A decoder-only model (config.architecture "decoder-only": Llama family, Mixtral, GPT-2) has no
 // encoder: encode(prompts) only checks the prompts and gives an encoder output without rows, the
 // decoder layers have no cross-attention, and the prompt goes through decode_step as the first
 // tokens of each slot (one causal block). score(tgt) gives next-token log-probabilities of whole
@@ -177,7 +177,7 @@ model<Scalar>::model(const model_config& config, weight_map<Scalar>& w) : config
     parameters_ += src_embed_.size();
   }
   if (c.positional == positional_encoding::learned) {
-    src_pos_ = w.take("src_pos.weight", {c.max_positions, d});
+    if (!c.decoder_only()) src_pos_ = w.take("src_pos.weight", {c.max_positions, d});  // decoder-only: one table (GPT-2's wpe)
     tgt_pos_ = w.take("tgt_pos.weight", {c.max_positions, d});
     parameters_ += src_pos_.size() + tgt_pos_.size();
   } else if (c.positional == positional_encoding::sinusoidal) {
@@ -437,8 +437,10 @@ std::uint64_t model<Scalar>::cache_bytes(index_t n_sources, index_t source_token
   // Step scratch: x, the layers' workspace for one row per slot (qkv, q, ctx, sub, normed:
   // 7 d_model; the feed-forward's d_ff, or k of them in a mixture-of-experts layer), the attention
   // scores of every thread, and the per-slot index vectors.
-  const std::uint64_t ff = config_.moe ? sat_mul(f + 2 * d, u64(config_.moe->gate_kind == gate::softmax ? config_.moe->n_experts
-                                                                                                      : config_.moe->top_k))
+  // (Gated experts hold the gate and up projections side by side: 2 d_ff per routed row.)
+  const std::uint64_t fe = config_.ff == feed_forward_kind::gated ? 2 * f : f;
+  const std::uint64_t ff = config_.moe ? sat_mul(fe + 2 * d, u64(config_.moe->gate_kind == gate::softmax ? config_.moe->n_experts
+                                                                                                       : config_.moe->top_k))
                                         : f;
   std::uint64_t scratch = sat_mul({slots, 8 * d + ff, sz});
   scratch = sat_add(scratch, sat_mul({u64(num_threads()), u64(std::max(max_steps, longest_source)), sz}));

@@ -101,6 +101,9 @@ struct moe_layer_stats {
   /// every token, [tokens, k] in packed row order, each row by descending gate logit.
   std::vector<index_t> choices;
   index_t k = 0;                         // experts per token in `choices` (0 for the softmax gate)
+  /// With moe_router_stats::keep_logits: the gate (router) logits of every token before the
+  /// softmax, noise included, [tokens, n_experts] in packed row order (transformers' router_logits).
+  std::vector<double> logits;
 };
 
 /// Per-layer router statistics, filled by the MoE layers of the calls it is passed to. Entry i is
@@ -110,6 +113,8 @@ class moe_router_stats {
  public:
   /// Also record every token's chosen experts (moe_layer_stats::choices).
   bool keep_choices = false;
+  /// Also record every token's gate logits (moe_layer_stats::logits).
+  bool keep_logits = false;
 
   std::span<const moe_layer_stats> layers() const noexcept { return layers_; }
   /// The entry of `scope`, or null if no layer of that scope has run.
@@ -125,6 +130,7 @@ class moe_router_stats {
       std::fill(l.counts.begin(), l.counts.end(), index_t{0});
       std::fill(l.cumulative.begin(), l.cumulative.end(), std::int64_t{0});
       l.choices.clear();
+      l.logits.clear();
     }
   }
 

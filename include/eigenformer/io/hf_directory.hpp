@@ -24,9 +24,21 @@
 //             lm_head or tie_word_embeddings
 //   mistral   as llama, no biases; sliding_window null or >= max_position_embeddings (no window)
 //   qwen2     as llama with biases on q, k and v only; use_sliding_window false
+//   mixtral   as mistral with a sparse mixture of experts for every MLP: router block_sparse_moe.gate
+//             [E, d] (no bias), softmax, top num_experts_per_tok renormalised to sum 1 (= the
+//             library's top_k gate, layers/moe.hpp), SwiGLU experts w1 (gate), w3 (up), w2 (down);
+//             router_jitter_noise 0
 // Tensors: model.embed_tokens, model.layers.i.{input_layernorm, post_attention_layernorm},
-// self_attn.{q,k,v,o}_proj (q, k, v fused into one in_proj of rows q, k, v), mlp.{gate,up,down}_proj,
-// model.norm, lm_head (unless tied).
+// self_attn.{q,k,v,o}_proj (q, k, v fused into one in_proj of rows q, k, v), mlp.{gate,up,down}_proj
+// (mixtral: block_sparse_moe.gate, block_sparse_moe.experts.e.{w1,w3,w2}), model.norm, lm_head
+// (unless tied).
+//   gpt2      LayerNorm (weight, bias; layer_norm_epsilon), pre-norm ln_1, ln_2, final ln_f; learned
+//             absolute positions wpe from 0 (n_positions rows); fused c_attn (q, k, v column blocks)
+//             and c_proj with biases; MLP c_fc, gelu_new (or another activation_function), c_proj;
+//             head tied to wte. Tensors transformer.{wte, wpe, h.i.*, ln_f}. GPT-2's Conv1D stores its
+//             weight [in, out] (y = x W + b): transposed once here, at load, into the [out, in] layout
+//             every kernel of the library reads (linear(): y = x W^T + b), so no layer needs a
+//             second code path and decoding pays nothing for it.
 //
 // Strict: a model_type or a key whose value would change the computation that is not implemented
 // is a config_error naming the key and value; a key outside the lists below is an error too, so that
@@ -105,8 +117,12 @@ class hf_directory {
   std::string where(const char* file) const { return (dir_ / file).string(); }
 
   void parse_config();
-  /// llama, mistral, qwen2: the decoder-only families.
+  /// llama, mistral, qwen2, mixtral: the decoder-only families of the Llama layout.
   void parse_lm_config(const nlohmann::json& j);
+  /// gpt2.
+  void parse_gpt2_config(const nlohmann::json& j);
+  template <class Scalar>
+  weight_map<Scalar> read_gpt2_weights() const;
   template <class Scalar>
   weight_map<Scalar> read_lm_weights() const;
   void find_shards();
@@ -185,13 +201,16 @@ inline void hf_directory::parse_config() {
   const nlohmann::json* type = get("model_type");
   if (!type || !type->is_string()) throw bad("model_type", "a string");
   model_type_ = type->get<std::string>();
-  if (model_type_ == "llama" || model_type_ == "mistral" || model_type_ == "qwen2") return parse_lm_config(j);
+  if (model_type_ == "llama" || model_type_ == "mistral" || model_type_ == "qwen2" || model_type_ == "mixtral") {
+    return parse_lm_config(j);
+  }
+  if (model_type_ == "gpt2") return parse_gpt2_config(j);
   const bool marian = model_type_ == "marian", bart = model_type_ == "bart", mbart = model_type_ == "mbart",
              m2m = model_type_ == "m2m_100";
   if (!marian && !bart && !mbart && !m2m) {
     throw config_error(file + ": model_type '" + detail::text_excerpt(model_type_) +
-                       "' is not supported, expected marian, bart, mbart or m2m_100 (encoder-decoder); llama, mistral or qwen2 "
-                       "(decoder-only)");
+                       "' is not supported, expected marian, bart, mbart or m2m_100 (encoder-decoder); llama, mistral, qwen2, "
+                       "mixtral or gpt2 (decoder-only)");
   }
   model_config& c = config_;
   c.d_model = integer("d_model");
@@ -321,7 +340,7 @@ inline void hf_directory::parse_lm_config(const nlohmann::json& j) {
     if (!v->is_boolean()) throw bad(key, "true or false");
     return v->get<bool>();
   };
-  const bool qwen2 = model_type_ == "qwen2", mistral = model_type_ == "mistral";
+  const bool qwen2 = model_type_ == "qwen2", mixtral = model_type_ == "mixtral", mistral = model_type_ == "mistral" || mixtral;
   model_config& c = config_;
   c.architecture = "decoder-only";
   c.d_model = integer("hidden_size");
@@ -375,7 +394,7 @@ inline void hf_directory::parse_lm_config(const nlohmann::json& j) {
                            " is not supported (only {\"type\": \"linear\", \"factor\": f})");
       }
     }
-    if (kind != "linear") {
+    if (kind != "linear") {  // (also the message for a dynamic, yarn, llama3 ... rope)
       throw config_error(file + ": rope_scaling: type '" + detail::text_excerpt(kind) +
                          "' is not supported, expected 'linear' (or null)");
     }
@@ -403,6 +422,25 @@ inline void hf_directory::parse_lm_config(const nlohmann::json& j) {
       throw bad("mlp_bias", "false (feed-forward biases are not supported)");
     }
   }
+  if (mixtral) {
+    // Every layer's MLP is a mixture of experts of SwiGLU blocks (c.ff gated), routed by the top_k gate.
+    moe_config m;
+    m.n_experts = integer("num_local_experts");
+    m.top_k = integer("num_experts_per_tok");
+    if (m.n_experts < 1) throw bad("num_local_experts", "a positive integer");
+    if (m.top_k < 1 || m.top_k > m.n_experts) {
+      throw bad("num_experts_per_tok", "1 to num_local_experts (" + std::to_string(m.n_experts) + ")");
+    }
+    m.gate_kind = gate::top_k;
+    for (index_t i = 0; i < c.n_decoder_layers; ++i) m.decoder_layers.push_back(i);
+    if (const nlohmann::json* r = get("router_jitter_noise");
+        r && !(r->is_number() && r->get<double>() == 0.0)) {
+      throw bad("router_jitter_noise", "0 (router jitter is a training device; not supported)");
+    }
+    get("output_router_logits");  // what forward() returns, not what it computes (stats: moe_router_stats)
+    get("router_aux_loss_coef");  // the training loss only
+    c.moe = m;
+  }
   c.tie_output = boolean("tie_word_embeddings", false);
   const index_t eos = integer("eos_token_id");
   c.eos_id = static_cast<token_id>(eos);
@@ -414,6 +452,106 @@ inline void hf_directory::parse_lm_config(const nlohmann::json& j) {
       "output_attentions", "id2label", "label2id", "num_labels", "problem_type", "max_length", "min_length"};
   for (const auto& [key, value] : j.items()) {
     if (used.count(key) == 0 && lm_ignored.count(key) == 0) {
+      throw config_error(file + ": key '" + detail::text_excerpt(key) + "' (" + detail::json_excerpt(value) +
+                         ") is not supported for model_type " + model_type_);
+    }
+  }
+}
+
+inline void hf_directory::parse_gpt2_config(const nlohmann::json& j) {
+  const std::string file = where("config.json");
+  std::set<std::string, std::less<>> used = {"model_type"};
+  auto get = [&](std::string_view key) -> const nlohmann::json* {
+    used.insert(std::string(key));
+    const auto it = j.find(std::string(key));
+    return it == j.end() || it->is_null() ? nullptr : &*it;
+  };
+  auto bad = [&](std::string_view key, const std::string& expected) -> config_error {
+    const auto it = j.find(std::string(key));
+    return config_error(file + ": " + std::string(key) + ": " +
+                        (it == j.end() ? std::string("missing") : detail::json_excerpt(*it)) + ", expected " + expected);
+  };
+  auto integer = [&](std::string_view key, std::optional<index_t> fallback = std::nullopt) -> index_t {
+    const nlohmann::json* v = get(key);
+    if (!v) {
+      if (fallback) return *fallback;
+      throw bad(key, "an integer");
+    }
+    if (!v->is_number_integer() || v->get<std::int64_t>() < 0 || v->get<std::int64_t>() > INT32_MAX) {
+      throw bad(key, "an integer from 0 to 2147483647");
+    }
+    return static_cast<index_t>(v->get<std::int64_t>());
+  };
+  auto boolean = [&](std::string_view key, bool fallback) {
+    const nlohmann::json* v = get(key);
+    if (!v) return fallback;
+    if (!v->is_boolean()) throw bad(key, "true or false");
+    return v->get<bool>();
+  };
+  model_config& c = config_;
+  c.architecture = "decoder-only";
+  c.d_model = integer("n_embd", 768);  // GPT2Config's defaults
+  c.n_heads = integer("n_head", 12);
+  c.n_decoder_layers = integer("n_layer", 12);
+  c.n_encoder_layers = 0;
+  c.d_ff = integer("n_inner", 4 * c.d_model);  // null: 4 n_embd (GPT2MLP)
+  c.src_vocab_size = c.tgt_vocab_size = integer("vocab_size", 50257);
+  c.max_positions = integer("n_positions", 1024);  // rows of wpe
+  if (const nlohmann::json* e = get("layer_norm_epsilon")) {
+    if (!e->is_number() || !std::isfinite(e->get<double>()) || !(e->get<double>() > 0)) throw bad("layer_norm_epsilon", "a positive number");
+    c.layer_norm_eps = e->get<double>();
+  } else {
+    c.layer_norm_eps = 1e-5;
+  }
+  {
+    const nlohmann::json* a = get("activation_function");
+    const std::string name = a ? (a->is_string() ? a->get<std::string>() : std::string("?")) : "gelu_new";
+    // transformers' ACT2FN: "gelu" is the exact (erf) GELU, "gelu_new" and "gelu_pytorch_tanh" its tanh approximation.
+    if (name == "gelu_new" || name == "gelu_pytorch_tanh") c.activation_kind = activation::gelu_tanh;
+    else if (name == "gelu") c.activation_kind = activation::gelu;
+    else if (name == "relu") c.activation_kind = activation::relu;
+    else if (name == "silu" || name == "swish") c.activation_kind = activation::silu;
+    else throw bad("activation_function", "gelu_new, gelu_pytorch_tanh, gelu, relu, silu or swish");
+  }
+  // Options that change GPT2Attention's computation, refused unless at the value we compute.
+  if (!boolean("scale_attn_weights", true)) throw bad("scale_attn_weights", "true (unscaled attention is not supported)");
+  if (boolean("scale_attn_by_inverse_layer_idx", false)) {
+    throw bad("scale_attn_by_inverse_layer_idx", "false (scores divided by the layer number are not supported)");
+  }
+  if (boolean("reorder_and_upcast_attn", false)) {
+    throw bad("reorder_and_upcast_attn", "false (the reordered, upcast attention is not supported)");
+  }
+  if (boolean("add_cross_attention", false)) throw bad("add_cross_attention", "false (cross-attention is not supported)");
+  if (const nlohmann::json* n = get("n_ctx"); n && !(n->is_number_integer() && n->get<std::int64_t>() == c.max_positions)) {
+    throw bad("n_ctx", "n_positions (" + std::to_string(c.max_positions) + ")");
+  }
+  c.norm = normalization::layer_norm;
+  c.ff = feed_forward_kind::dense;
+  c.attn_bias = attention_bias::all;  // c_attn and c_proj have biases
+  c.n_kv_heads = 0;
+  c.norm_first = true;
+  c.encoder_final_norm = false;
+  c.decoder_final_norm = true;  // ln_f
+  c.embedding_norm = false;
+  c.scale_embedding = false;
+  c.share_embeddings = false;
+  c.positional = positional_encoding::learned;  // wpe, row = position (from 0)
+  c.position_offset = 0;
+  c.tie_output = boolean("tie_word_embeddings", true);
+  const index_t eos = integer("eos_token_id", 50256);
+  c.eos_id = static_cast<token_id>(eos);
+  c.bos_id = static_cast<token_id>(integer("bos_token_id", eos));
+  c.pad_id = static_cast<token_id>(integer("pad_token_id", eos));
+  // Settings of training (dropout, init) and of GPT2DoubleHeadsModel's summary head, which
+  // GPT2LMHeadModel does not have.
+  static const std::set<std::string, std::less<>> gpt2_ignored = {
+      "_name_or_path", "architectures", "transformers_version", "torch_dtype", "use_cache", "attn_pdrop", "embd_pdrop",
+      "resid_pdrop", "initializer_range", "summary_activation", "summary_first_dropout", "summary_proj_to_labels",
+      "summary_type", "summary_use_proj", "task_specific_params", "tokenizer_class", "return_dict",
+      "output_hidden_states", "output_attentions", "id2label", "label2id", "num_labels", "problem_type", "max_length",
+      "min_length"};
+  for (const auto& [key, value] : j.items()) {
+    if (used.count(key) == 0 && gpt2_ignored.count(key) == 0) {
       throw config_error(file + ": key '" + detail::text_excerpt(key) + "' (" + detail::json_excerpt(value) +
                          ") is not supported for model_type " + model_type_);
     }
@@ -597,6 +735,7 @@ namespace eigenformer::io {
 
 template <class Scalar>
 weight_map<Scalar> hf_directory::read_lm_weights() const {
+  if (model_type_ == "gpt2") return read_gpt2_weights<Scalar>();
   const model_config& c = config_;
   const index_t d = c.d_model, kvd = c.kv_heads() * c.d_head(), rows = d + 2 * kvd;
   std::map<std::string, std::unique_ptr<safetensors_file>> shards;
@@ -647,11 +786,93 @@ weight_map<Scalar> hf_directory::read_lm_weights() const {
     if (c.attn_bias == attention_bias::all) w.insert(ours + ".self_attn.out_proj.bias", read(hf + ".self_attn.o_proj.bias", {d}));
     w.insert(ours + ".norm1.weight", read(hf + ".input_layernorm.weight", {d}));
     w.insert(ours + ".norm3.weight", read(hf + ".post_attention_layernorm.weight", {d}));
+    if (c.moe) {  // mixtral: router and SwiGLU experts (w1 = gate, w3 = up, w2 = down: MixtralBlockSparseTop2MLP)
+      const std::string moe = hf + ".block_sparse_moe";
+      w.insert(ours + ".moe.gate.weight", read(moe + ".gate.weight", {c.moe->n_experts, d}));
+      for (index_t e = 0; e < c.moe->n_experts; ++e) {
+        const std::string ex = moe + ".experts." + std::to_string(e), ex_ours = ours + ".moe.experts." + std::to_string(e);
+        w.insert(ex_ours + ".gate_proj.weight", read(ex + ".w1.weight", {c.d_ff, d}));
+        w.insert(ex_ours + ".up_proj.weight", read(ex + ".w3.weight", {c.d_ff, d}));
+        w.insert(ex_ours + ".down_proj.weight", read(ex + ".w2.weight", {d, c.d_ff}));
+      }
+      continue;
+    }
     w.insert(ours + ".gate_proj.weight", read(hf + ".mlp.gate_proj.weight", {c.d_ff, d}));
     w.insert(ours + ".up_proj.weight", read(hf + ".mlp.up_proj.weight", {c.d_ff, d}));
     w.insert(ours + ".down_proj.weight", read(hf + ".mlp.down_proj.weight", {d, c.d_ff}));
   }
   w.insert("transformer.decoder.norm.weight", read("model.norm.weight", {d}));
+  if (!unused.empty()) {
+    const std::string& name = *unused.begin();
+    throw format_error((dir_ / shard_of_.at(name)).string() + ": unexpected tensor '" +
+                       detail::text_excerpt(name, 128) + "' for model_type " + model_type_ + " (" +
+                       std::to_string(unused.size()) + " tensor(s) not used)");
+  }
+  return w;
+}
+
+template <class Scalar>
+weight_map<Scalar> hf_directory::read_gpt2_weights() const {
+  const model_config& c = config_;
+  const index_t d = c.d_model, f = c.d_ff;
+  std::map<std::string, std::unique_ptr<safetensors_file>> shards;
+  for (const auto& [name, shard] : shard_of_) {
+    auto& file = shards[shard];
+    if (!file) file = std::make_unique<safetensors_file>(dir_ / shard);
+    if (!file->contains(name)) {
+      throw format_error(file->path().string() + ": tensor '" + detail::text_excerpt(name, 128) +
+                         "' is missing (model.safetensors.index.json lists it in this shard)");
+    }
+  }
+  std::set<std::string> unused;
+  for (const auto& [name, shard] : shard_of_) unused.insert(name);
+  auto has = [&](const std::string& name) { return shard_of_.count(name) != 0; };
+  auto read = [&](const std::string& name, const tensor_shape& shape) {
+    const auto it = shard_of_.find(name);
+    if (it == shard_of_.end()) throw format_error(dir_.string() + ": tensor '" + name + "' is missing");
+    const safetensors_file& file = *shards.at(it->second);
+    check_shape(file.path().string() + ": tensor '" + name + "'", file.info(name).shape, shape.dims());
+    unused.erase(name);
+    return read_finite_tensor<Scalar>(file, name);
+  };
+  // A Conv1D weight, stored [in, out] (y = x W + b), as the [out, in] matrix linear() reads
+  // (y = x W^T + b): one transpose at load, none per call.
+  auto conv1d = [&](const std::string& name, index_t in, index_t out) {
+    const auto stored = read(name, {in, out});  // [in, out]
+    tensor<Scalar> t({out, in});                // [out, in]
+    t.matrix() = stored.matrix().transpose();
+    return t;
+  };
+  const std::string p = "transformer.";
+  weight_map<Scalar> w(dir_.string());
+  w.insert("tgt_embed.weight", read(p + "wte.weight", {c.tgt_vocab_size, d}));  // [V, d]
+  w.insert("tgt_pos.weight", read(p + "wpe.weight", {c.max_positions, d}));     // [n_positions, d]
+  if (!c.tie_output) {
+    w.insert("generator.weight", read("lm_head.weight", {c.tgt_vocab_size, d}));
+  } else if (has("lm_head.weight")) {
+    read("lm_head.weight", {c.tgt_vocab_size, d});  // tied: transformers replaces it by wte
+  }
+  for (index_t i = 0; i < c.n_decoder_layers; ++i) {
+    const std::string hf = p + "h." + std::to_string(i), ours = "transformer.decoder.layers." + std::to_string(i);
+    // c_attn's output columns are q, k, v: after the transpose, rows q, k, v, the in_proj layout.
+    w.insert(ours + ".self_attn.in_proj_weight", conv1d(hf + ".attn.c_attn.weight", d, 3 * d));  // [3 d, d]
+    w.insert(ours + ".self_attn.in_proj_bias", read(hf + ".attn.c_attn.bias", {3 * d}));          // [3 d]
+    w.insert(ours + ".self_attn.out_proj.weight", conv1d(hf + ".attn.c_proj.weight", d, d));      // [d, d]
+    w.insert(ours + ".self_attn.out_proj.bias", read(hf + ".attn.c_proj.bias", {d}));
+    w.insert(ours + ".norm1.weight", read(hf + ".ln_1.weight", {d}));
+    w.insert(ours + ".norm1.bias", read(hf + ".ln_1.bias", {d}));
+    w.insert(ours + ".norm3.weight", read(hf + ".ln_2.weight", {d}));
+    w.insert(ours + ".norm3.bias", read(hf + ".ln_2.bias", {d}));
+    w.insert(ours + ".linear1.weight", conv1d(hf + ".mlp.c_fc.weight", d, f));  // [d_ff, d]
+    w.insert(ours + ".linear1.bias", read(hf + ".mlp.c_fc.bias", {f}));
+    w.insert(ours + ".linear2.weight", conv1d(hf + ".mlp.c_proj.weight", f, d));  // [d, d_ff]
+    w.insert(ours + ".linear2.bias", read(hf + ".mlp.c_proj.bias", {d}));
+    // Older checkpoints store the causal mask buffers (attn.bias [1, 1, n, n], attn.masked_bias):
+    // constants the attention computes itself, so they are accepted and not read.
+    for (const char* buffer : {".attn.bias", ".attn.masked_bias"}) unused.erase(hf + buffer);
+  }
+  w.insert("transformer.decoder.norm.weight", read(p + "ln_f.weight", {d}));
+  w.insert("transformer.decoder.norm.bias", read(p + "ln_f.bias", {d}));
   if (!unused.empty()) {
     const std::string& name = *unused.begin();
     throw format_error((dir_ / shard_of_.at(name)).string() + ": unexpected tensor '" +

@@ -4,6 +4,13 @@
 // With gate logits h = x Wg^T (one per expert, Wg [E, d_model], no bias):
 //   softmax:      g = softmax(h);                     y = sum over all e of g_e FF_e(x)
 //   top_k:        keep the k largest h, g = softmax over those k;  y = sum over them of g_e FF_e(x)
+//                 This is also Mixtral's router (softmax over all E, keep the top k, divide the k
+//                 kept by their sum): with p_e = exp(h_e) / Z, Z = sum over all E of exp(h_j), the
+//                 top k of p are the top k of h (softmax is increasing), and for a kept e
+//                 p_e / sum_{j kept} p_j = (exp(h_e) / Z) / (sum_{j kept} exp(h_j) / Z)
+//                                        = exp(h_e) / sum_{j kept} exp(h_j),
+//                 the softmax over the kept logits: Z cancels. (test_lm checks it on the Mixtral
+//                 fixture, test_moe against the formula.)
 //   noisy_top_k:  h = x Wg^T + eps * softplus(x Wn^T), eps ~ N(0, 1), then as top_k. eps comes from
 //                 the caller's moe_noise_source (moe_runtime.hpp); without one the noise term is
 //                 skipped and the layer runs the very code top_k runs (bit-identical results).
@@ -16,7 +23,9 @@
 //      starts[e] .. starts[e+1], its tokens in ascending order.
 //   3. per non-empty expert: gather its token rows into one contiguous block (skipped when the
 //      expert has every token, as under the softmax gate), then one GEMM pair:
-//      hidden = act(X_e W1_e^T + b1_e), Y_e = hidden W2_e^T + b2_e. Experts are independent, so
+//      hidden = act(X_e W1_e^T + b1_e), Y_e = hidden W2_e^T + b2_e, or for gated (SwiGLU)
+//      experts (Mixtral: config feed_forward "gated" with moe) Y_e = down(silu(gate X_e) * up X_e),
+//      hidden then [rows, 2 d_ff]: gate in its left half, up in its right. Experts are independent, so
 //      when each has few rows (decoding) they run in parallel, one per thread; with many rows each
 //      GEMM is threaded instead.
 //   4. scatter: y_i = sum over token i's slots j, in slot order (descending gate), of g_ij Y[row_ij].
@@ -71,7 +80,8 @@ template <class Scalar>
 class moe_layer {
  public:
   /// Takes `<scope>.moe.gate.weight` [E, d_model], `<scope>.moe.noise.weight` [E, d_model]
-  /// (noisy_top_k only) and `<scope>.moe.experts.<e>.linear1/linear2`. `id` numbers the model's
+  /// (noisy_top_k only) and `<scope>.moe.experts.<e>.linear1/linear2`, or with c.ff gated
+  /// `<scope>.moe.experts.<e>.{gate,up,down}_proj` (SwiGLU experts, no biases). `id` numbers the model's
   /// MoE layers (encoder layers first, then decoder layers) for noise sources and statistics.
   static moe_layer load(weight_map<Scalar>& w, const std::string& scope, const model_config& c, index_t id) {
     if (!c.moe) throw config_error(scope + ": mixture-of-experts layer in a config without 'moe'");
@@ -85,10 +95,13 @@ class moe_layer {
     if (m.gate_kind == gate::noisy_top_k) {
       l.noise_weight_ = w.take(scope + ".moe.noise.weight", {m.n_experts, c.d_model});
     }
-    l.experts_.reserve(static_cast<std::size_t>(m.n_experts));
     for (index_t e = 0; e < m.n_experts; ++e) {
-      l.experts_.push_back(feed_forward<Scalar>::load(w, scope + ".moe.experts." + std::to_string(e), c.d_model, c.d_ff,
-                                                      c.activation_kind));
+      const std::string ex = scope + ".moe.experts." + std::to_string(e);
+      if (c.ff == feed_forward_kind::gated) {
+        l.gated_experts_.push_back(gated_feed_forward<Scalar>::load(w, ex, c.d_model, c.d_ff));
+      } else {
+        l.experts_.push_back(feed_forward<Scalar>::load(w, ex, c.d_model, c.d_ff, c.activation_kind));
+      }
     }
     return l;
   }
@@ -96,17 +109,22 @@ class moe_layer {
   const std::string& scope() const noexcept { return scope_; }
   index_t id() const noexcept { return id_; }
   gate gate_kind() const noexcept { return gate_; }
-  index_t n_experts() const noexcept { return static_cast<index_t>(experts_.size()); }
+  index_t n_experts() const noexcept { return static_cast<index_t>(gated() ? gated_experts_.size() : experts_.size()); }
+  /// True when the experts are gated (SwiGLU) feed-forward blocks (Mixtral), false when dense.
+  bool gated() const noexcept { return !gated_experts_.empty(); }
   /// Experts computed per token: top_k, or every expert under the softmax gate.
   index_t experts_per_token() const noexcept { return top_k_; }
   index_t d_model() const noexcept { return gate_weight_.dim(1); }
-  index_t d_ff() const noexcept { return experts_.front().linear1.out_features(); }
+  index_t d_ff() const noexcept { return gated() ? gated_experts_.front().d_ff() : experts_.front().linear1.out_features(); }
+  /// Expert e of a dense MoE layer (throws std::out_of_range for a gated one: see gated_expert).
   const feed_forward<Scalar>& expert(index_t e) const { return experts_.at(static_cast<std::size_t>(e)); }
+  const gated_feed_forward<Scalar>& gated_expert(index_t e) const { return gated_experts_.at(static_cast<std::size_t>(e)); }
   moe_layer_info info() const noexcept { return {id_, scope_, n_experts()}; }
 
   index_t parameter_count() const noexcept {
     index_t p = gate_weight_.size() + noise_weight_.size();
     for (const auto& e : experts_) p += e.parameter_count();
+    for (const auto& e : gated_experts_) p += e.parameter_count();
     return p;
   }
   std::size_t bytes() const noexcept {
@@ -180,22 +198,41 @@ class moe_layer {
     // 4. One GEMM pair per non-empty expert over its contiguous block of rows.
     const index_t m_total = n * k;
     s.gathered.resize({std::max<index_t>(m_total, 1), d});
-    s.hidden.resize({std::max<index_t>(m_total, 1), dff});
+    const index_t hw = gated() ? 2 * dff : dff;  // hidden width per routed row
+    s.hidden.resize({std::max<index_t>(m_total, 1), hw});
     s.expert_out.resize({std::max<index_t>(m_total, 1), d});
     auto run_expert = [&](index_t e) {
       const index_t first = s.starts[static_cast<std::size_t>(e)];
       const index_t rows = s.starts[static_cast<std::size_t>(e + 1)] - first;
-      const feed_forward<Scalar>& ex = experts_[static_cast<std::size_t>(e)];
-      auto hidden = make_view(s.hidden.data() + first * dff, rows, dff);
-      if (rows == n) {
-        ex.linear1(x, hidden);  // every token, in order (the softmax gate): no gather
-      } else {
-        auto block = make_view(s.gathered.data() + first * d, rows, d);
+      auto expert_out = make_view(s.expert_out.data() + first * d, rows, d);  // [rows, d_model]
+      auto block = make_view(s.gathered.data() + first * d, rows, d);         // [rows, d_model]
+      if (rows != n) {  // rows == n: every token, in order (the softmax gate): x itself, no gather
         for (index_t r = 0; r < rows; ++r) block.row(r) = x.row(s.row_token[static_cast<std::size_t>(first + r)]);
-        ex.linear1(block, hidden);
       }
-      apply_activation(ex.act, hidden);
-      ex.linear2(hidden, make_view(s.expert_out.data() + first * d, rows, d));
+      auto run = [&](const auto& input) {
+        if (gated()) {
+          // The gated block's own operator() would use ws.hidden, shared by every thread of the
+          // per-thread path: run its three projections on this expert's rows of s.hidden instead.
+          const gated_feed_forward<Scalar>& ex = gated_experts_[static_cast<std::size_t>(e)];
+          auto g = make_view(s.hidden.data() + first * hw, rows, dff, hw);        // [rows, d_ff], stride 2 d_ff
+          auto u = make_view(s.hidden.data() + first * hw + dff, rows, dff, hw);  // [rows, d_ff], stride 2 d_ff
+          ex.gate(input, g);
+          ex.up(input, u);
+          silu_mul(g, u);
+          ex.down(g, expert_out);
+        } else {
+          const feed_forward<Scalar>& ex = experts_[static_cast<std::size_t>(e)];
+          auto hidden = make_view(s.hidden.data() + first * dff, rows, dff);  // [rows, d_ff]
+          ex.linear1(input, hidden);
+          apply_activation(ex.act, hidden);
+          ex.linear2(hidden, expert_out);
+        }
+      };
+      if (rows == n) {
+        run(x);
+      } else {
+        run(block);
+      }
     };
     const auto n_active = static_cast<index_t>(s.active.size());
     const int threads = num_threads();
@@ -257,6 +294,11 @@ class moe_layer {
       st.counts[static_cast<std::size_t>(e)] = c;
       st.cumulative[static_cast<std::size_t>(e)] += c;
     }
+    if (stats.keep_logits) {  // the gate logits h as routed (noise included), [tokens, E]
+      st.logits.assign(s.logits.data(), s.logits.data() + n * n_experts());
+    } else {
+      st.logits.clear();
+    }
     const bool sparse = gate_ != gate::softmax;
     st.k = sparse ? top_k_ : 0;
     if (stats.keep_choices && sparse) {
@@ -272,7 +314,8 @@ class moe_layer {
   index_t top_k_ = 1;                          // k; n_experts under the softmax gate
   tensor<Scalar> gate_weight_;                 // [E, d_model]
   tensor<Scalar> noise_weight_;                // [E, d_model], noisy_top_k only
-  std::vector<feed_forward<Scalar>> experts_;  // E x (linear1 [d_ff, d_model], linear2 [d_model, d_ff])
+  std::vector<feed_forward<Scalar>> experts_;  // E x (linear1 [d_ff, d_model], linear2 [d_model, d_ff]), or none
+  std::vector<gated_feed_forward<Scalar>> gated_experts_;  // E x (gate, up [d_ff, d_model], down [d_model, d_ff]), or none
 };
 
 /// The feed-forward sublayer of an encoder or decoder layer: the dense block, or a mixture of
