@@ -130,11 +130,13 @@ class moe_layer {
   std::size_t bytes() const noexcept {
     std::size_t b = sizeof(Scalar) * static_cast<std::size_t>(gate_weight_.size() + noise_weight_.size());
     for (const auto& e : experts_) b += e.bytes();
+    for (const auto& e : gated_experts_) b += e.bytes();
     return b;
   }
   /// The experts' matrices to weight type `t`; the gates stay Scalar (they pick the experts).
   void convert(weight_type t) {
     for (auto& e : experts_) e.convert(t);
+    for (auto& e : gated_experts_) e.convert(t);
   }
 
   /// out [n, d_model] = MoE(x [n, d_model]). ctx.rows tells the noise source who each row is;
