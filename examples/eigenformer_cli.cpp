@@ -90,7 +90,8 @@ const std::map<std::string, std::string> command_help = {
      "                tab-separated under a header, then a line 'all' (token-weighted over every line); a line\n"
      "                of fewer than 2 tokens predicts nothing: 0 and nan. One of --out and --summary is needed;\n"
      "                with both, the file is written first (whole or not at all), then the summary.\n"
-     "  All lines run as one padded batch unless --batch-size splits them (the same numbers, to float rounding).\n"
+     "  All lines run as one padded batch unless --batch-size splits them (the same numbers, to float rounding);\n"
+     "  --summary alone: 32 lines a batch by default.\n"
      "  --threads N   threads to use (default: all cores; never more than the machine's cores)\n"},
     {"generate",
      "usage: eigenformer generate --model M --src-file S [options]\n"
@@ -424,7 +425,8 @@ int run_score(const options& o) {
   // Zero-filled: positions past a line's end stay 0. Only with --out: --summary alone keeps one batch.
   ef::tensor<float> out = out_file ? ef::tensor<float>({lines, T, V}) : ef::tensor<float>();
   std::vector<double> nll(static_cast<std::size_t>(lines), 0.0);  // per line: the sum of -log p(token t+1 | tokens <= t)
-  const index_t B = batch_size(o, std::max<index_t>(lines, 1));
+  // --summary alone: 32 lines a batch by default, so that memory does not grow with the file.
+  const index_t B = batch_size(o, std::max<index_t>(out_file ? lines : std::min<index_t>(lines, 32), 1));
   for (index_t first = 0; first < lines; first += B) {
     const index_t n = std::min(B, lines - first);
     const std::vector<std::vector<token_id>> t(tgt.begin() + first, tgt.begin() + first + n);
