@@ -1,11 +1,12 @@
 // eigenformer: the command-line tool of docs/cli.md.
 //
 //   eigenformer info     --model M
-//   eigenformer score    --model M --src-file S --tgt-file T --out O.npy [--batch-size B] [--threads N]
+//   eigenformer score    --model M --src-file S --tgt-file T (--out O.npy | --summary | both) [--batch-size B]
+//                        [--threads N]
 //                        (a decoder-only model: --tgt-file alone; generate: each --src-file line is a prompt)
 //   eigenformer generate --model M --src-file S [--max-new-tokens N] [sampling options] [--beam-size K]
 //                        [--length-penalty A] [--target-prefix-file P] [--batch-size B] [--threads N]
-//                        [--max-cache-bytes SIZE]
+//                        [--max-cache-bytes SIZE] [--stop-ids ID[,ID...]]
 //   eigenformer translate --model DIR [--src-file S] [--src-lang L] [--tgt-lang L] [options of generate]
 //   eigenformer sample   --logits L.npy --n N [sampling options]
 //   sampling options: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --seed S
@@ -18,6 +19,7 @@
 #include <eigenformer/eigenformer.hpp>
 #include <eigenformer/io/npy.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -64,6 +66,7 @@ const char* const usage_text =
     "  info      --model M                                   print the config, parameter count and tensor dtypes\n"
     "  score     --model M --src-file S --tgt-file T --out O.npy\n"
     "                                                        teacher-forced log-probabilities [B, T_max, V]\n"
+    "                                                        (--summary: per-line NLL and perplexity)\n"
     "  generate  --model M --src-file S                      decode every line of S, print one line of ids each\n"
     "  translate --model DIR [--src-file S]                  text in, text out, with the model's own tokenizer\n"
     "  sample    --logits L.npy --n N                        draw N tokens from logits [V], print V counts\n"
@@ -73,18 +76,26 @@ const char* const usage_text =
 const std::map<std::string, std::string> command_help = {
     {"info",
      "usage: eigenformer info --model M [--weights TYPE]\n"
-     "  Prints the model's config, its parameter count, how many tensors are stored in each dtype, and the\n"
-     "  weight type in use with the bytes the parameters take in memory.\n"
+     "  Prints the model's config, its parameter count, the weight type in use with the bytes the parameters\n"
+     "  take in memory, the KV cache bytes per token (float32, key/value heads only) and how many tensors are\n"
+     "  stored in each dtype.\n"
      "  --weights TYPE            how weight matrices are held and multiplied: float32 (default, exact),\n"
      "                            bfloat16, float16 or int8, converted once at load (a CTranslate2 model\n"
      "                            stored in int8 loads as int8 unless told otherwise)\n"},
     {"score",
-     "usage: eigenformer score --model M --src-file S --tgt-file T --out O.npy [--batch-size B] [--threads N]\n"
+     "usage: eigenformer score --model M --src-file S --tgt-file T [--out O.npy] [--summary] [--batch-size B]\n"
+     "                         [--threads N]\n"
      "  Teacher forcing: line n of T is the decoder input for line n of S, used as given (no BOS added).\n"
      "  A decoder-only model (Llama family) takes --tgt-file alone: row t of a line predicts its token t + 1.\n"
-     "  Writes float32 log-probabilities [lines, longest T line, tgt_vocab_size]; positions past a line's end\n"
-     "  hold 0. All lines run as one padded batch unless --batch-size splits them (the same numbers, to float\n"
-     "  rounding).\n"
+     "  --out O.npy   writes float32 log-probabilities [lines, longest T line, tgt_vocab_size]; positions past\n"
+     "                a line's end hold 0\n"
+     "  --summary     prints, per line of T, the number of predicted tokens (its T - 1 tokens after the first),\n"
+     "                their mean negative log-likelihood in nats (natural log) and the perplexity exp(nll),\n"
+     "                tab-separated under a header, then a line 'all' (token-weighted over every line); a line\n"
+     "                of fewer than 2 tokens predicts nothing: 0 and nan. One of --out and --summary is needed;\n"
+     "                with both, the file is written first (whole or not at all), then the summary.\n"
+     "  All lines run as one padded batch unless --batch-size splits them (the same numbers, to float rounding);\n"
+     "  --summary alone: 32 lines a batch by default.\n"
      "  --threads N   threads to use (default: all cores; never more than the machine's cores)\n"
      "  --weights TYPE   how weight matrices are held and multiplied: float32 (default, exact),\n"
      "                 bfloat16, float16 or int8, converted once at load (a CTranslate2 model\n"
@@ -114,6 +125,7 @@ const std::map<std::string, std::string> command_help = {
      "  --weights TYPE            how weight matrices are held and multiplied: float32 (default, exact),\n"
      "                            bfloat16, float16 or int8, converted once at load (a CTranslate2 model\n"
      "                            stored in int8 loads as int8 unless told otherwise)\n"
+     "  --stop-ids ID[,ID...]     token ids that end a line as eos_id does (not printed); eos_id still ends it\n"
      "  Sampling options apply in the order temperature, top-k, top-p, min-p, then a draw.\n"},
     {"translate",
      "usage: eigenformer translate --model DIR [--src-file S] [--src-lang L] [--tgt-lang L] [options of generate]\n"
@@ -137,18 +149,22 @@ const std::map<std::string, std::string> command_help = {
 
 const std::map<std::string, std::set<std::string>> command_options = {
     {"info", {"model", "weights"}},
-    {"score", {"model", "src-file", "tgt-file", "out", "batch-size", "threads", "weights"}},
+    {"score", {"model", "src-file", "tgt-file", "out", "batch-size", "threads", "summary", "weights"}},
     {"generate",
      {"model", "src-file", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "seed", "beam-size",
-      "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes", "weights"}},
+      "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes", "stop-ids", "weights"}},
     {"translate",
      {"model", "src-file", "src-lang", "tgt-lang", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "seed",
-      "beam-size", "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes", "weights"}},
+      "beam-size", "length-penalty", "target-prefix-file", "batch-size", "threads", "max-cache-bytes", "stop-ids",
+      "weights"}},
     {"sample",
      {"logits", "n", "temperature", "top-k", "top-p", "min-p", "seed", "length-penalty", "batch-size", "threads"}},
 };
 
-/// The options of one command: "--name value" pairs, each given at most once.
+/// Options that take no value (given or not): --summary.
+const std::set<std::string> flag_options = {"summary"};
+
+/// The options of one command: "--name value" pairs and flags, each given at most once.
 class options {
  public:
   options(const std::string& command, int argc, char** argv) : command_(command) {
@@ -160,6 +176,9 @@ class options {
       if (const auto eq = name.find('='); eq != std::string::npos) {
         value = name.substr(eq + 1);
         name = name.substr(0, eq);
+        if (flag_options.count(name) && allowed.count(name)) throw usage_error("--" + name + ": takes no value");
+      } else if (flag_options.count(name) && allowed.count(name)) {
+        value = "1";  // a flag: present
       } else {
         if (!allowed.count(name)) throw usage_error(command + ": unknown option '--" + ef::detail::text_excerpt(name) + "'");
         if (i + 1 >= argc) throw usage_error("--" + name + ": missing value");
@@ -380,6 +399,18 @@ int run_info(const options& o) {
   out << "config: " << m.config().to_json().dump(2) << "\n";
   out << "parameters: " << m.parameter_count() << "\n";
   out << "weights: " << ef::weight_type_name(m.weights()) << ", " << m.weight_bytes() << " bytes in memory\n";
+  // The self-attention KV cache of one token of one sequence, float32 as loaded: only the key/value
+  // heads are cached (grouped-query attention), and a sequence of max_positions tokens holds that many.
+  const auto& c = m.config();
+  out << "kv cache: " << m.kv_bytes_per_token() << " bytes per token (" << c.n_decoder_layers << " layers x 2 x "
+      << c.kv_heads() << " kv heads x " << c.d_head() << " x 4 bytes), " << m.kv_bytes_per_token() * std::uint64_t(c.max_sequence_length())
+      << " bytes (" << ef::detail::bytes_string(m.kv_bytes_per_token() * std::uint64_t(c.max_sequence_length()))
+      << ") per sequence of " << c.max_sequence_length() << " tokens (max_positions)";
+  if (!c.decoder_only()) {  // the decoder's cross-attention keys and values of each source token, all heads
+    out << "; cross-attention: " << std::uint64_t(c.n_decoder_layers) * 2u * std::uint64_t(c.d_model) * 4u
+        << " bytes per source token";
+  }
+  out << "\n";
   out << "tensors: " << tensors.size() << " (";
   bool first = true;
   for (const auto& [name, count] : dtypes) {
@@ -393,67 +424,73 @@ int run_info(const options& o) {
   return 0;
 }
 
-/// score for a decoder-only model (no --src-file): next-token log-probabilities of each --tgt-file line.
-int run_score_lm(const options& o) {
-  const std::string model_path = o.required("model"), tgt_path = o.required("tgt-file"), out_path = o.required("out");
-  const auto out_file = out_target(out_path);
-  apply_threads(o);
-  const auto tgt = read_token_file(tgt_path);
-  const auto m = load(o, model_path);
-  const auto& c = m.config();
-  if (!c.decoder_only()) throw usage_error("score: missing option --src-file (see --help)");
-  check_lines(tgt_path, tgt, c.tgt_vocab_size, c.max_sequence_length(), "target", true);
-  const index_t lines = static_cast<index_t>(tgt.size()), V = c.tgt_vocab_size;
-  index_t T = 0;
-  for (const auto& t : tgt) T = std::max<index_t>(T, static_cast<index_t>(t.size()));
-  ef::tensor<float> out({lines, T, V});  // zero-filled: positions past a line's end stay 0
-  const index_t B = batch_size(o, std::max<index_t>(lines, 1));
-  for (index_t first = 0; first < lines; first += B) {
-    const index_t n = std::min(B, lines - first);
-    const std::vector<std::vector<token_id>> t(tgt.begin() + first, tgt.begin() + first + n);
-    const auto lp = m.score(ef::token_batch::from_sequences(t));
-    const index_t Tb = lp.dim(1);
-    for (index_t b = 0; b < n; ++b)
-      for (index_t p = 0; p < Tb; ++p)
-        std::copy_n(&lp(b, p, 0), V, &out(first + b, p, 0));
-  }
-  ef::io::write_npy(out_file, out);
-  return 0;
-}
-
+/// score: teacher-forced log-probabilities of the --tgt-file lines, given the --src-file lines for an
+/// encoder-decoder model (a decoder-only model takes --tgt-file alone). --out writes them all;
+/// --summary prints each line's mean negative log-likelihood of its tokens 2..T and its perplexity.
 int run_score(const options& o) {
-  if (!o.has("src-file")) return run_score_lm(o);  // a decoder-only model scores --tgt-file alone
-  const std::string model_path = o.required("model"), src_path = o.required("src-file"), tgt_path = o.required("tgt-file"),
-                    out_path = o.required("out");
-  const auto out_file = out_target(out_path);  // before any work: a read-only output is refused now
+  const std::string model_path = o.required("model"), tgt_path = o.required("tgt-file");
+  const bool summary = o.has("summary");
+  std::optional<std::filesystem::path> out_file;
+  if (!summary && !o.has("out")) throw usage_error("score: missing option --out or --summary (see --help)");
+  if (o.has("out")) out_file = out_target(o.required("out"));  // now: a read-only output is refused before any work
   apply_threads(o);
-  const auto src = read_token_file(src_path);
+  const bool has_src = o.has("src-file");
+  const std::string src_path = has_src ? o.required("src-file") : std::string();
+  const auto src = has_src ? read_token_file(src_path) : std::vector<std::vector<token_id>>();
   const auto tgt = read_token_file(tgt_path);
-  if (src.size() != tgt.size()) {
+  if (has_src && src.size() != tgt.size()) {
     throw ef::format_error(tgt_path + ": " + std::to_string(tgt.size()) + " lines, expected " + std::to_string(src.size()) +
                            " (one per line of " + src_path + ")");
   }
   const auto m = load(o, model_path);
   const auto& c = m.config();
-  if (c.decoder_only()) throw usage_error("score: --src-file: a decoder-only model scores --tgt-file alone");
-  check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
+  if (c.decoder_only() && has_src) throw usage_error("score: --src-file: a decoder-only model scores --tgt-file alone");
+  if (!c.decoder_only() && !has_src) throw usage_error("score: missing option --src-file (see --help)");
+  if (has_src) check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
   check_lines(tgt_path, tgt, c.tgt_vocab_size, c.max_sequence_length(), "target", true);
-  const index_t lines = static_cast<index_t>(src.size()), V = c.tgt_vocab_size;
+  const index_t lines = static_cast<index_t>(tgt.size()), V = c.tgt_vocab_size;
   index_t T = 0;
   for (const auto& t : tgt) T = std::max<index_t>(T, static_cast<index_t>(t.size()));
-  ef::tensor<float> out({lines, T, V});  // zero-filled: positions past a line's end stay 0
-  const index_t B = batch_size(o, std::max<index_t>(lines, 1));
+  // Zero-filled: positions past a line's end stay 0. Only with --out: --summary alone keeps one batch.
+  ef::tensor<float> out = out_file ? ef::tensor<float>({lines, T, V}) : ef::tensor<float>();
+  std::vector<double> nll(static_cast<std::size_t>(lines), 0.0);  // per line: the sum of -log p(token t+1 | tokens <= t)
+  // --summary alone: 32 lines a batch by default, so that memory does not grow with the file.
+  const index_t B = batch_size(o, std::max<index_t>(out_file ? lines : std::min<index_t>(lines, 32), 1));
   for (index_t first = 0; first < lines; first += B) {
     const index_t n = std::min(B, lines - first);
-    const std::vector<std::vector<token_id>> s(src.begin() + first, src.begin() + first + n);
     const std::vector<std::vector<token_id>> t(tgt.begin() + first, tgt.begin() + first + n);
-    const auto lp = m.score(ef::token_batch::from_sequences(s), ef::token_batch::from_sequences(t));
-    const index_t Tb = lp.dim(1);
-    for (index_t b = 0; b < n; ++b)
-      for (index_t p = 0; p < Tb; ++p)
-        std::copy_n(&lp(b, p, 0), V, &out(first + b, p, 0));
+    const auto lp = has_src ? m.score(ef::token_batch::from_sequences(std::vector<std::vector<token_id>>(
+                                          src.begin() + first, src.begin() + first + n)),
+                                      ef::token_batch::from_sequences(t))
+                            : m.score(ef::token_batch::from_sequences(t));
+    for (index_t b = 0; b < n; ++b) {
+      const auto& line = t[static_cast<std::size_t>(b)];
+      for (std::size_t p = 0; p + 1 < line.size(); ++p)  // row p predicts token p + 1
+        nll[static_cast<std::size_t>(first + b)] -= lp(b, static_cast<index_t>(p), line[p + 1]);
+      if (out_file)
+        for (index_t p = 0; p < lp.dim(1); ++p) std::copy_n(&lp(b, p, 0), V, &out(first + b, p, 0));
+    }
   }
-  ef::io::write_npy(out_file, out);
+  if (out_file) ef::io::write_npy(*out_file, out);  // first: a failed write prints no summary
+  if (!summary) return 0;
+  std::string text = "line\ttokens\tnll\tperplexity\n";
+  const auto row = [&text](const std::string& name, std::size_t tokens, double sum) {
+    const double mean = tokens ? sum / static_cast<double>(tokens) : std::numeric_limits<double>::quiet_NaN();
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "\t%zu\t%.6f\t%.6g\n", tokens, mean, std::exp(mean));
+    text += name + buf;
+  };
+  std::size_t all_tokens = 0;
+  double all_sum = 0;
+  for (std::size_t n = 0; n < tgt.size(); ++n) {
+    const std::size_t predicted = tgt[n].size() > 1 ? tgt[n].size() - 1 : 0;
+    row(std::to_string(n + 1), predicted, nll[n]);
+    all_tokens += predicted;
+    all_sum += nll[n];
+  }
+  row("all", all_tokens, all_sum);
+  write_stdout(text);
+  finish_stdout();
   return 0;
 }
 
@@ -497,6 +534,31 @@ ef::generation_options generation_from(const options& o, const std::optional<efs
   return g;
 }
 
+/// --stop-ids ID[,ID...]: the ids, checked against the model's target vocabulary, become end tokens
+/// beside eos_id (which still ends a line). Without the option the model's eos_id alone ends a line.
+void apply_stop_ids(const options& o, const ef::model_config& c, ef::generation_options& g) {
+  if (!o.has("stop-ids")) return;
+  const std::string s = o.required("stop-ids");
+  g.end_tokens = {c.eos_id};
+  std::size_t begin = 0;
+  while (true) {
+    const std::size_t end = std::min(s.find(',', begin), s.size());
+    const std::string item = s.substr(begin, end - begin);
+    long long id = 0;
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), id);
+    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size()) {
+      throw usage_error("--stop-ids: '" + ef::detail::text_excerpt(item) + "' is not a token id (expected ID[,ID...])");
+    }
+    if (id < 0 || id >= c.tgt_vocab_size) {
+      throw usage_error("--stop-ids: token id " + std::to_string(id) + " outside the target vocabulary (0 to " +
+                        std::to_string(c.tgt_vocab_size - 1) + ")");
+    }
+    g.end_tokens.push_back(static_cast<token_id>(id));
+    if (end == s.size()) break;
+    begin = end + 1;
+  }
+}
+
 /// --target-prefix-file, read and checked against `lines` source lines and the model: one line per
 /// source line, each at most --max-new-tokens ids of the target vocabulary, none the end token.
 /// Empty when the option is not given.
@@ -516,11 +578,16 @@ std::vector<std::vector<token_id>> read_prefixes(const options& o, std::size_t l
       throw ef::format_error(path + ":" + std::to_string(n + 1) + ": " + std::to_string(prefixes[n].size()) +
                              " tokens, expected at most " + std::to_string(g.max_new_tokens) + " (--max-new-tokens)");
     }
-    for (token_id id : prefixes[n])
+    for (token_id id : prefixes[n]) {
       if (id == c.eos_id) {
         throw ef::format_error(path + ":" + std::to_string(n + 1) + ": token id " + std::to_string(id) +
                                " is the end token (eos_id), expected ids to force before it");
       }
+      if (std::find(g.end_tokens.begin(), g.end_tokens.end(), id) != g.end_tokens.end()) {
+        throw ef::format_error(path + ":" + std::to_string(n + 1) + ": token id " + std::to_string(id) +
+                               " is one of --stop-ids, expected ids to force before it");
+      }
+    }
   }
   return prefixes;
 }
@@ -551,11 +618,12 @@ int run_generate(const options& o) {
   const std::string model_path = o.required("model"), src_path = o.required("src-file");
   apply_threads(o);
   const auto chain = sampler_chain(o, /*draw_by_default=*/false);
-  const ef::generation_options g = generation_from(o, chain);
+  ef::generation_options g = generation_from(o, chain);
   const index_t B = batch_size(o, 32);
   const auto src = read_token_file(src_path);
   const auto m = load(o, model_path);
   const auto& c = m.config();
+  apply_stop_ids(o, c, g);
   check_lines(src_path, src, c.src_vocab_size, c.max_sequence_length(), "source", false);
   const auto prefixes = read_prefixes(o, src.size(), src_path, c, g);
   generate_in_batches(
@@ -587,7 +655,7 @@ int run_translate(const options& o) {
   const std::string model_path = o.required("model");
   apply_threads(o);
   const auto chain = sampler_chain(o, /*draw_by_default=*/false);
-  const ef::generation_options g = generation_from(o, chain);
+  ef::generation_options g = generation_from(o, chain);
   const index_t B = batch_size(o, 32);
   std::string src_name = "standard input";
   std::vector<std::string> texts;
@@ -603,6 +671,7 @@ int run_translate(const options& o) {
   if (o.has("src-lang")) langs.source = o.required("src-lang");
   if (o.has("tgt-lang")) langs.target = o.required("tgt-lang");
   const ef::text::translator t(model_path, langs, weights_option(o));
+  apply_stop_ids(o, t.model().config(), g);
   std::vector<std::vector<token_id>> src;
   src.reserve(texts.size());
   for (std::size_t n = 0; n < texts.size(); ++n) {

@@ -5,6 +5,7 @@
 #include <eigenformer/io/npy.hpp>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -716,4 +717,167 @@ TEST(Cli, DecoderOnlyScoreAndGenerate) {
   expect_error(run("score --model " + dir + " --src-file " + fixture("lm/llama", "prompts.txt") + " --tgt-file " +
                    fixture("lm/llama", "tgt.txt") + " --out " + tmp_path("x.npy")),
                2, "a decoder-only model scores --tgt-file alone");
+}
+
+namespace {
+
+/// One row of `score --summary`: line (1-based, or "all"), predicted tokens, mean NLL, perplexity.
+struct summary_row {
+  std::string line;
+  long tokens = 0;
+  double nll = 0, ppl = 0;
+};
+
+/// The rows of `score --summary`'s output, after its header (checked).
+std::vector<summary_row> summary_rows(const std::string& text) {
+  std::istringstream in(text);
+  std::string header;
+  std::getline(in, header);
+  EXPECT_EQ(header, "line\ttokens\tnll\tperplexity");
+  std::vector<summary_row> rows;
+  for (std::string l; std::getline(in, l);) {
+    std::istringstream f(l);
+    summary_row r;
+    std::string nll, ppl;
+    f >> r.line >> r.tokens >> nll >> ppl;
+    r.nll = std::stod(nll);
+    r.ppl = std::stod(ppl);
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+/// Per line of `tgt`: {predicted tokens, sum of -log p(token t+1)} from log-probabilities lp[n, t, v].
+template <class Scalar>
+std::vector<std::pair<long, double>> nll_sums(const ef::tensor<Scalar>& lp, const std::vector<std::vector<long>>& tgt) {
+  std::vector<std::pair<long, double>> out;
+  for (std::size_t n = 0; n < tgt.size(); ++n) {
+    double sum = 0;
+    for (std::size_t t = 0; t + 1 < tgt[n].size(); ++t)
+      sum -= static_cast<double>(lp(static_cast<index_t>(n), static_cast<index_t>(t), static_cast<index_t>(tgt[n][t + 1])));
+    out.emplace_back(tgt[n].empty() ? 0 : static_cast<long>(tgt[n].size()) - 1, sum);
+  }
+  return out;
+}
+
+/// Compares `score --summary`'s rows with the expected sums: tokens exactly, the mean NLL within
+/// `tol` (nats) and the perplexity within `tol` relative (d exp(x) / exp(x) = dx); the last row is
+/// the token-weighted mean. Lines that predict nothing print 0 tokens and nan.
+void expect_summary(const std::string& text, const std::vector<std::pair<long, double>>& expected, double tol) {
+  const auto rows = summary_rows(text);
+  ASSERT_EQ(rows.size(), expected.size() + 1) << text;
+  long all_tokens = 0;
+  double all_sum = 0;
+  for (std::size_t n = 0; n <= expected.size(); ++n) {
+    const bool all = n == expected.size();
+    const long tokens = all ? all_tokens : expected[n].first;
+    const double sum = all ? all_sum : expected[n].second;
+    SCOPED_TRACE(rows[n].line);
+    EXPECT_EQ(rows[n].line, all ? std::string("all") : std::to_string(n + 1));
+    EXPECT_EQ(rows[n].tokens, tokens);
+    if (tokens == 0) {
+      EXPECT_TRUE(std::isnan(rows[n].nll) && std::isnan(rows[n].ppl)) << text;
+    } else {
+      const double nll = sum / static_cast<double>(tokens);
+      EXPECT_NEAR(rows[n].nll, nll, tol);
+      EXPECT_NEAR(rows[n].ppl / std::exp(nll), 1.0, tol);
+    }
+    if (!all) {
+      all_tokens += tokens;
+      all_sum += sum;
+    }
+  }
+}
+
+}  // namespace
+
+// score --summary against transformers' own log-probabilities (tests/fixtures/lm/llama/logprobs.npy):
+// per line, the mean -ln p of tokens 2..T given those before them. Catches: a mean over T tokens
+// instead of T - 1, scoring row t against token t instead of t + 1, log2 or log10 instead of ln,
+// an overall line that averages the line means instead of weighting by tokens (the lines have 8, 13,
+// 19 and 11 predicted tokens: the two differ, checked below), and a perplexity that is not exp(nll).
+// The tolerance 1e-4 nats is the CLI's bound on each float log-probability against transformers
+// (DecoderOnlyScoreAndGenerate); a mean of such errors is within it.
+TEST(Cli, ScoreSummaryMatchesTransformers) {
+  const std::string dir = (fixture_root() / "lm" / "llama").string(), tgt = fixture("lm/llama", "tgt.txt");
+  const auto expected_lp = ef::io::read_npy<double>(fixture_root() / "lm" / "llama" / "logprobs.npy");
+  const auto lines = id_lines(read_file(tgt));
+  const auto expected = nll_sums(expected_lp, lines);
+  double weighted = 0, unweighted = 0;
+  long tokens = 0;
+  for (const auto& [n, sum] : expected) {
+    tokens += n;
+    weighted += sum;
+    unweighted += sum / static_cast<double>(n) / static_cast<double>(expected.size());
+  }
+  ASSERT_GT(std::fabs(weighted / static_cast<double>(tokens) - unweighted), 1e-3);  // the fixture tells them apart
+  const auto r = run("score --model " + dir + " --tgt-file " + tgt + " --summary");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+  expect_summary(r.out, expected, 1e-4);
+
+  // --summary with --out does both: the same summary, and the file a plain --out run writes.
+  const std::string both = tmp_path("both.npy"), plain = tmp_path("plain.npy");
+  const auto r2 = run("score --model " + dir + " --tgt-file " + tgt + " --summary --out " + both + " --batch-size 3");
+  ASSERT_EQ(r2.status, 0) << r2.err;
+  ASSERT_EQ(run("score --model " + dir + " --tgt-file " + tgt + " --out " + plain).status, 0);
+  EXPECT_LT(max_abs_diff(ef::io::read_npy<float>(both).values(), ef::io::read_npy<float>(plain).values()), 1e-5);
+  expect_summary(r2.out, expected, 1e-4);
+  // Neither: --out is still needed. A flag takes no value.
+  expect_error(run("score --model " + dir + " --tgt-file " + tgt), 2, "missing option --out");
+  expect_error(run("score --model " + dir + " --tgt-file " + tgt + " --summary=yes"), 2, "--summary: takes no value");
+  // The file comes first: a write that fails prints no summary (and leaves the old file).
+  write_file(both, "previous");
+  expect_error(run("score --model " + dir + " --tgt-file " + tgt + " --summary --out " + both, "ulimit -f 1 && trap '' XFSZ && "),
+               1, both);
+  EXPECT_EQ(read_file(both), "previous");
+}
+
+// score --summary of an encoder-decoder model (tests/fixtures/hf/marian) equals what its own --out
+// file gives, and a one-token line (tgt.txt line 2) predicts nothing: 0 tokens and nan, left out of
+// the overall line. Catches: the summary wired only to the decoder-only path, or a one-token line
+// counted as one predicted token (or dividing by zero into the overall mean).
+TEST(Cli, ScoreSummaryOfAnEncoderDecoderModel) {
+  const std::string dir = (fixture_root() / "hf" / "marian").string(), out = tmp_path("marian.npy");
+  const std::string tgt = (fixture_root() / "hf" / "marian" / "tgt.txt").string();
+  const auto r = run("score --model " + dir + " --src-file " + (fixture_root() / "hf" / "marian" / "src.txt").string() +
+                     " --tgt-file " + tgt + " --out " + out + " --summary");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto lines = id_lines(read_file(tgt));
+  ASSERT_EQ(lines[1].size(), 1u);
+  // Printed with 6 decimals from the same float numbers: equal to rounding.
+  expect_summary(r.out, nll_sums(ef::io::read_npy<float>(out), lines), 2e-6);
+}
+
+// Catches: info counting every query head in the KV cache (llama: 4 heads, 512 bytes per token)
+// instead of the 2 KV heads. Hand-computed: 2 layers x (key + value) x 2 KV heads x d_head 8 x
+// 4 bytes = 256 bytes per token; max_positions 64 tokens: 16384 bytes.
+TEST(Cli, InfoPrintsKvCacheBytesOfTheKvHeads) {
+  const auto r = run("info --model " + (fixture_root() / "lm" / "llama").string());
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("kv cache: 256 bytes per token (2 layers x 2 x 2 kv heads x 8 x 4 bytes), 16384 bytes"),
+            std::string::npos)
+      << r.out;
+}
+
+// --stop-ids ends a line at any of the ids, not printed, and eos_id still ends lines
+// (tests/fixtures/lm/llama/greedy.txt: 61 is the 4th token of lines 1 and 2 and the 5th of line 4,
+// 46 the first of line 3; lines 1 and 2 end by eos_id before --max-new-tokens 16). Catches: only the
+// first id honoured, the stop token printed, and the ids replacing eos_id instead of joining it (lines
+// 1 and 2 would run on past their end).
+TEST(Cli, StopIdsEndLines) {
+  const std::string gen = "generate --model " + (fixture_root() / "lm" / "llama").string() + " --src-file " +
+                          fixture("lm/llama", "prompts.txt") + " --max-new-tokens 16";
+  const auto greedy = id_lines(read_file(fixture_root() / "lm" / "llama" / "greedy.txt"));
+  auto r = run(gen + " --stop-ids 61,46");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(id_lines(r.out), (std::vector<std::vector<long>>{{52, 17, 35}, {40, 11, 35}, {}, {58, 59, 11, 35}}));
+  r = run(gen + " --stop-ids 46");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto expected = greedy;
+  expected[2].clear();
+  EXPECT_EQ(id_lines(r.out), expected);
+  expect_error(run(gen + " --stop-ids 64"), 2, "--stop-ids: token id 64 outside the target vocabulary (0 to 63)");
+  expect_error(run(gen + " --stop-ids 3,x"), 2, "--stop-ids: 'x' is not a token id");
+  expect_error(run(gen + " --stop-ids 3,"), 2, "--stop-ids: '' is not a token id");
 }

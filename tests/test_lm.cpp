@@ -333,6 +333,19 @@ TEST(Lm, GroupedQueryCacheHoldsOnlyKvHeads) {
   }
 }
 
+// Catches: kv_bytes_per_token counting the query heads (llama: 4 heads, 512 bytes) instead of the
+// 2 KV heads, leaving out the value half or a layer, or a fixed 4-byte element (double: 512, not 256).
+// Hand-computed: 2 layers x (key + value) x 2 KV heads x d_head 8 x 4 bytes = 256 bytes per token.
+TEST(Lm, KvBytesPerTokenCountsKvHeads) {
+  const auto m = ef::load_model<float>(lm_root() / "llama");
+  ASSERT_EQ(m.config().n_heads, 4);
+  EXPECT_EQ(m.kv_bytes_per_token(), 256u);
+  EXPECT_EQ(ef::load_model<double>(lm_root() / "llama").kv_bytes_per_token(), 512u);
+  // llama_scaled: multi-query, one KV head.
+  const auto mq = ef::load_model<float>(lm_root() / "llama_scaled");
+  EXPECT_EQ(mq.kv_bytes_per_token(), std::uint64_t(mq.config().n_decoder_layers) * 2u * 1u * std::uint64_t(mq.config().d_head()) * 4u);
+}
+
 // Catches: decoder-only fields lost or invented by to_json/from_json (and encoder-decoder files
 // changed by them: the new keys are written only when set).
 TEST(Lm, ConfigRoundTrip) {

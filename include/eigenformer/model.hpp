@@ -107,6 +107,15 @@ class model {
   /// Saturates at 2^64 - 1 instead of overflowing.
   std::uint64_t cache_bytes(index_t n_sources, index_t source_tokens, index_t longest_source, index_t slots_per_source,
                             index_t max_steps) const;
+  /// The self-attention KV cache of one token of one sequence: layers x 2 (key and value) x
+  /// kv_heads x d_head x sizeof(Scalar). Only the key/value heads are cached (grouped-query
+  /// attention: n_kv_heads, not n_heads). A request of `slots` sequences of `steps` tokens holds
+  /// slots x steps x this (twice with beam search: reorder() double-buffers); cache_bytes() adds the
+  /// cross-attention keys and values of an encoder-decoder model and the step scratch.
+  std::uint64_t kv_bytes_per_token() const noexcept {
+    return std::uint64_t(decoder_.size()) * 2u * std::uint64_t(config_.kv_heads()) * std::uint64_t(config_.d_head()) *
+           sizeof(Scalar);
+  }
   /// Feeds the request's tokens to its slots and writes, for each token fed, the distribution of
   /// the token that follows it: out [m, tgt_vocab], row r for the r-th token of the request.
   /// Checks everything before it changes anything (slots distinct, in range and with room for
@@ -431,7 +440,7 @@ std::uint64_t model<Scalar>::cache_bytes(index_t n_sources, index_t source_token
   const std::uint64_t L = decoder_.size(), d = u64(config_.d_model), f = u64(config_.d_ff), sz = sizeof(Scalar);
   const std::uint64_t kvd = u64(config_.kv_heads() * config_.d_head());  // only the KV heads are cached
   const std::uint64_t slots = sat_mul(u64(n_sources), u64(slots_per_source));
-  std::uint64_t self = sat_mul({L, slots, u64(max_steps), 2 * kvd, sz});
+  std::uint64_t self = sat_mul({L, slots, u64(max_steps), 2 * kvd, sz});  // slots x max_steps x kv_bytes_per_token()
   if (slots_per_source > 1) self = sat_mul(self, 2);  // reorder()'s second buffer
   const std::uint64_t cross = config_.decoder_only() ? 0 : sat_mul({L, u64(source_tokens), 2 * d, sz});
   // Step scratch: x, the layers' workspace for one row per slot (qkv, q, ctx, sub, normed:
