@@ -27,8 +27,8 @@ What it does, in one run:
    0.3 nat (mean) from its own float32, and more than 5x as far as eigenformer int8's from
    eigenformer float32, the script prints "CTranslate2 int8 unreliable on this host" and goes on.
 4. Measures single-thread read bandwidth just before and just after the timing (numpy reductions
-   over a 1 GiB array, best of 5 each, best of the two -- a lower bound on what optimised code
-   gets, so the floors are on the generous side, more so on a busy machine) and computes the
+   over a 1 GiB array timed in CPU time, best of 5 each, best of the two -- a lower bound on what
+   optimised code gets, so the floors are on the generous side) and computes the
    floor of one greedy step at batch 1: the bytes of the weight matrices read per step (each decoder
    layer's self-attention q/k/v/out, cross-attention q/out -- the cross-attention K/V of the source
    are computed once and cached -- and feed-forward, plus the output projection) / bandwidth, at
@@ -313,15 +313,19 @@ def check_float32(model, src, eig_ids, ct2_ids, n):
 
 
 def read_bandwidth(gib=1.0, reps=5):
-    """Single-thread read bandwidth in bytes/s: best of `reps` numpy reductions over `gib` GiB."""
+    """Single-thread read bandwidth in bytes/s: best of `reps` numpy reductions over `gib` GiB.
+
+    Timed in this thread's CPU time, which equals wall time on an idle machine and leaves out the
+    time the thread waits for a core on a busy one (memory stalls count as CPU time).
+    """
     a = np.ones(int(gib * (1 << 30)) // 4, dtype=np.float32)       # written: pages are resident
     as_int = a.view(np.int64)
     best = float("inf")
     for _ in range(reps):
         for f in (lambda: a.sum(), lambda: np.bitwise_or.reduce(as_int)):
-            t = time.perf_counter()
+            t = time.thread_time()
             f()
-            best = min(best, time.perf_counter() - t)
+            best = min(best, time.thread_time() - t)
     return a.nbytes / best
 
 
@@ -495,7 +499,7 @@ def main():
     bw = max(bw_before, bw_after)
     n_w = weights_read_per_step(args.layers)
     floor = {k: n_w * b / bw * 1e3 for k, b in (("fp32", 4), ("bf16", 2), ("int8", 1))}
-    log(f"\nsingle-thread read bandwidth {bw / 1e9:.1f} GB/s (numpy, best of 5 over 1 GiB, before "
+    log(f"\nsingle-thread read bandwidth {bw / 1e9:.1f} GB/s (numpy, best of 5 over 1 GiB in CPU time, before "
         f"{bw_before / 1e9:.1f} and after {bw_after / 1e9:.1f} the timing); {n_w / 1e6:.1f} M weights "
         "read per greedy step -> floor per step " + ", ".join(f"{k} {v:.2f} ms" for k, v in floor.items()))
     if short_lens:
