@@ -17,15 +17,16 @@ What it does, in one run:
    CTranslate2 models through ctranslate2.specs.TransformerSpec (one directory per compute type:
    float32, int8_float32, and bfloat16 when ctranslate2.get_supported_compute_types("cpu") lists it).
    Token i is the string str(i) ("<unk>", "<s>", "</s>" for 0, 1, 2).
-3. Checks the engines agree on 8 sources of 32 tokens, 80 greedy tokens each (24 with --quick):
+3. Checks the engines agree on 8 sources of 32 tokens, 80 greedy tokens each (48 with --quick):
    float32 ids must be identical between `eigenformer generate` and Translator.translate_batch
    (beam 1); a divergence is excused only where PyTorch, teacher-forced on the common prefix, sees
    a near-tie (top-1/top-2 logit margin < 1e-3). For int8 it reports the agreement of eigenformer
-   int8 with CTranslate2 int8_float32 and of each with its own float32, and compares teacher-forced
-   log-probs (`eigenformer score`, Translator.score_batch) against float32. CTranslate2 4.5.0's
-   int8 on hosts without AVX-512 is known to be off by nats; when its log-probs are more than
-   0.3 nat (mean) from its own float32, and more than 5x as far as eigenformer int8's from
-   eigenformer float32, the script prints "CTranslate2 int8 unreliable on this host" and goes on.
+   int8 with CTranslate2 int8_float32 and of each with its own float32 (likewise bfloat16), and
+   compares teacher-forced log-probs (`eigenformer score`, Translator.score_batch) of int8 against
+   float32. CTranslate2 4.5.0's int8 on hosts without AVX-512 is known to be off by nats: when its
+   log-probs are more than 0.3 nat (mean) from its own float32, and more than 5x as far as
+   eigenformer int8's are from eigenformer float32, the script prints "CTranslate2 int8
+   unreliable on this host" and goes on.
 4. Measures single-thread read bandwidth just before and just after the timing (numpy reductions
    over a 1 GiB array timed in CPU time, best of 5 each, best of the two -- a lower bound on what
    optimised code gets, so the floors are on the generous side) and computes the
@@ -394,7 +395,7 @@ def main():
     n_short, n_long = (int(x) for x in (args.lengths or ("16,48" if q else "16,80")).split(","))
     rounds = args.rounds or (2 if q else 3)
     idle_wait = args.idle_wait if args.idle_wait is not None else (30 if q else 120)
-    n_check = 24 if q else 80
+    n_check = 48 if q else 80
     if not os.access(args.cli, os.X_OK):
         sys.exit(f"eigenformer CLI not found: {args.cli} (build it, or pass --cli)")
     torch.set_num_threads(1)
@@ -440,13 +441,16 @@ def main():
     # 3. agreement
     log(f"\nagreement: {CHECK_LINES} sources of {SRC_LEN} tokens, {n_check} greedy tokens each")
     out = {}
-    for w in ("float32", "int8"):
+    for w in ("float32", "bfloat16", "int8"):
         out["eig", w] = eig.generate(check_src, n_check, w, 1, CHECK_LINES)[0]
     for ct in ct2_types:
         out["ct2", ct] = ct2.generate(check_src, n_check, ct, 1, CHECK_LINES)[0]
     fp32_ok = check_float32(model, check_src, out["eig", "float32"], out["ct2", "float32"], n_check)
-    for a, b in ((("eig", "int8"), ("ct2", "int8_float32")), (("eig", "int8"), ("eig", "float32")),
-                 (("ct2", "int8_float32"), ("ct2", "float32"))):
+    pairs = [(("eig", "int8"), ("ct2", "int8_float32")), (("eig", "int8"), ("eig", "float32")),
+             (("ct2", "int8_float32"), ("ct2", "float32")), (("eig", "bfloat16"), ("eig", "float32"))]
+    if "bfloat16" in ct2_types:
+        pairs += [(("eig", "bfloat16"), ("ct2", "bfloat16")), (("ct2", "bfloat16"), ("ct2", "float32"))]
+    for a, b in pairs:
         same, total, frac = agreement(out[a], out[b])
         name = lambda k: ("eigenformer " if k[0] == "eig" else "CTranslate2 ") + k[1]  # noqa: E731
         log(f"  {name(a):26s} vs {name(b):26s}: {same}/{total} lines identical, "
