@@ -321,7 +321,7 @@ TEST(Cli, WeightsOption) {
   EXPECT_NE(q8.out.find("\nweights: int8, "), std::string::npos) << q8.out;
   EXPECT_LT(bytes_of(q8.out), bytes_of(f32.out) / 2);
 
-  const std::vector<std::vector<ef::token_id>> src = {{10, 11, 12, 13}, {20, 5, 7, 9, 14, 15}, {8, 8, 30}};
+  const std::vector<std::vector<ef::token_id>> src = {{10, 11, 12, 13}, {20, 5, 7, 9, 14, 15}, {8, 8, 29}};
   const std::string src_path = tmp_path("src.txt");
   {
     std::ofstream f(src_path);
@@ -346,6 +346,13 @@ TEST(Cli, WeightsOption) {
   const auto plain = run("generate --model " + model + " --src-file " + src_path + " --max-new-tokens 20");
   EXPECT_EQ(run("generate --model " + model + " --src-file " + src_path + " --max-new-tokens 20 --weights float32").out, plain.out);
   expect_error(run("info --model " + model + " --weights int4"), 2, "--weights: 'int4', expected float32, bfloat16, float16 or int8");
+
+  // A CTranslate2 conversion stored in int8 loads as int8 (its int8 scalar flags do not make a float32
+  // conversion one), unless --weights says otherwise.
+  const std::string hf = (fixture_root() / "hf").string();
+  EXPECT_NE(run("info --model " + hf + "/marian_ct2_int8").out.find("\nweights: int8, "), std::string::npos);
+  EXPECT_NE(run("info --model " + hf + "/marian_ct2_int8 --weights float32").out.find("\nweights: float32, "), std::string::npos);
+  EXPECT_NE(run("info --model " + hf + "/marian_ct2_float32").out.find("\nweights: float32, "), std::string::npos);
 }
 
 TEST(Cli, ErrorsNameTheCulpritInOneLine) {

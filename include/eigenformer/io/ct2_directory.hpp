@@ -270,11 +270,12 @@ class ct2_directory {
   /// config.json's add_source_bos / add_source_eos: CTranslate2 adds them to token input; eigenformer
   /// takes ids, so the caller does.
   bool add_source_bos() const noexcept { return add_source_bos_; }
-  /// Whether model.bin stores int8 weights (a conversion with quantization int8*): load_model then
-  /// holds the model's matrices as int8 unless load_options::weights says otherwise.
+  /// Whether model.bin stores int8 weight matrices (a conversion with quantization int8*): load_model
+  /// then holds the model's matrices as int8 unless load_options::weights says otherwise. Only
+  /// matrices count: every conversion stores flags such as decoder/alibi as int8 scalars.
   bool int8_weights() const noexcept {
     for (const auto& [name, v] : bin_.variables()) {
-      if (v.dtype == 1) return true;
+      if (v.dtype == 1 && v.dims.size() == 2) return true;
     }
     return false;
   }
