@@ -163,24 +163,29 @@ inline const std::set<std::string, std::less<>>& hf_ignored_keys() {
 
 }  // namespace eigenformer::detail
 
-namespace eigenformer::io {
+namespace eigenformer::detail {
 
-inline void hf_directory::parse_config() {
-  const std::string file = where("config.json");
-  const nlohmann::json j = detail::read_json_file(dir_ / "config.json");
-  if (!j.is_object()) throw config_error(file + ": expected a JSON object, got " + std::string(j.type_name()));
-  std::set<std::string, std::less<>> used;
-  auto get = [&](std::string_view key) -> const nlohmann::json* {
-    used.insert(std::string(key));
-    const auto it = j.find(std::string(key));
-    return it == j.end() || it->is_null() ? nullptr : &*it;
-  };
-  auto bad = [&](std::string_view key, const std::string& expected) -> config_error {
-    const auto it = j.find(std::string(key));
-    return config_error(file + ": " + std::string(key) + ": " +
-                        (it == j.end() ? std::string("missing") : detail::json_excerpt(*it)) + ", expected " + expected);
-  };
-  auto integer = [&](std::string_view key, std::optional<index_t> fallback = std::nullopt) -> index_t {
+/// Reads the keys of one config.json, remembering which were read, so that a key left over (one this
+/// library does not know, and so cannot honour) is refused by name rather than silently ignored.
+/// A key holding null reads as absent, as transformers treats it.
+class hf_config_reader {
+ public:
+  hf_config_reader(const nlohmann::json& j, std::string file) : j_(j), file_(std::move(file)) {}
+
+  /// The value of `key`, or nullptr when absent or null; marks it read.
+  const nlohmann::json* get(std::string_view key) {
+    used_.insert(std::string(key));
+    const auto it = j_.find(std::string(key));
+    return it == j_.end() || it->is_null() ? nullptr : &*it;
+  }
+  /// "config.json: key: value, expected what" (or "missing").
+  config_error bad(std::string_view key, const std::string& expected) const {
+    const auto it = j_.find(std::string(key));
+    return config_error(file_ + ": " + std::string(key) + ": " + (it == j_.end() ? std::string("missing") : json_excerpt(*it)) +
+                        ", expected " + expected);
+  }
+  /// An integer in [0, 2^31); `fallback` when absent (without one, absence is an error).
+  index_t integer(std::string_view key, std::optional<index_t> fallback = std::nullopt) {
     const nlohmann::json* v = get(key);
     if (!v) {
       if (fallback) return *fallback;
@@ -190,16 +195,50 @@ inline void hf_directory::parse_config() {
       throw bad(key, "an integer from 0 to 2147483647");
     }
     return static_cast<index_t>(v->get<std::int64_t>());
-  };
-  auto boolean = [&](std::string_view key, bool fallback) {
+  }
+  /// A finite positive number; `fallback` when absent.
+  double number(std::string_view key, double fallback) {
+    const nlohmann::json* v = get(key);
+    if (!v) return fallback;
+    if (!v->is_number() || !std::isfinite(v->get<double>()) || !(v->get<double>() > 0)) throw bad(key, "a positive number");
+    return v->get<double>();
+  }
+  bool boolean(std::string_view key, bool fallback) {
     const nlohmann::json* v = get(key);
     if (!v) return fallback;
     if (!v->is_boolean()) throw bad(key, "true or false");
     return v->get<bool>();
-  };
+  }
+  /// Unmarks `key`: it was looked at, but this model type does not have it.
+  void forget(std::string_view key) { used_.erase(std::string(key)); }
+  /// Throws naming the first key neither read nor in `ignored`.
+  void refuse_unread(const std::set<std::string, std::less<>>& ignored, const std::string& model_type) const {
+    for (const auto& [key, value] : j_.items()) {
+      if (used_.count(key) == 0 && ignored.count(key) == 0) {
+        throw config_error(file_ + ": key '" + text_excerpt(key) + "' (" + json_excerpt(value) +
+                           ") is not supported for model_type " + model_type);
+      }
+    }
+  }
 
-  const nlohmann::json* type = get("model_type");
-  if (!type || !type->is_string()) throw bad("model_type", "a string");
+ private:
+  const nlohmann::json& j_;
+  std::string file_;
+  std::set<std::string, std::less<>> used_ = {"model_type"};
+};
+
+}  // namespace eigenformer::detail
+
+namespace eigenformer::io {
+
+inline void hf_directory::parse_config() {
+  const std::string file = where("config.json");
+  const nlohmann::json j = detail::read_json_file(dir_ / "config.json");
+  if (!j.is_object()) throw config_error(file + ": expected a JSON object, got " + std::string(j.type_name()));
+  detail::hf_config_reader cfg(j, file);
+
+  const nlohmann::json* type = cfg.get("model_type");
+  if (!type || !type->is_string()) throw cfg.bad("model_type", "a string");
   model_type_ = type->get<std::string>();
   if (model_type_ == "llama" || model_type_ == "mistral" || model_type_ == "qwen2" || model_type_ == "mixtral") {
     return parse_lm_config(j);
@@ -213,40 +252,40 @@ inline void hf_directory::parse_config() {
                        "mixtral or gpt2 (decoder-only)");
   }
   model_config& c = config_;
-  c.d_model = integer("d_model");
-  c.n_heads = integer("encoder_attention_heads");
-  if (integer("decoder_attention_heads") != c.n_heads) {
-    throw bad("decoder_attention_heads", "encoder_attention_heads (" + std::to_string(c.n_heads) + "): one head count");
+  c.d_model = cfg.integer("d_model");
+  c.n_heads = cfg.integer("encoder_attention_heads");
+  if (cfg.integer("decoder_attention_heads") != c.n_heads) {
+    throw cfg.bad("decoder_attention_heads", "encoder_attention_heads (" + std::to_string(c.n_heads) + "): one head count");
   }
-  c.d_ff = integer("encoder_ffn_dim");
-  if (integer("decoder_ffn_dim") != c.d_ff) {
-    throw bad("decoder_ffn_dim", "encoder_ffn_dim (" + std::to_string(c.d_ff) + "): one feed-forward width");
+  c.d_ff = cfg.integer("encoder_ffn_dim");
+  if (cfg.integer("decoder_ffn_dim") != c.d_ff) {
+    throw cfg.bad("decoder_ffn_dim", "encoder_ffn_dim (" + std::to_string(c.d_ff) + "): one feed-forward width");
   }
-  c.n_encoder_layers = integer("encoder_layers");
-  c.n_decoder_layers = integer("decoder_layers");
-  c.src_vocab_size = integer("vocab_size");
-  c.tgt_vocab_size = marian ? integer("decoder_vocab_size", c.src_vocab_size) : c.src_vocab_size;
+  c.n_encoder_layers = cfg.integer("encoder_layers");
+  c.n_decoder_layers = cfg.integer("decoder_layers");
+  c.src_vocab_size = cfg.integer("vocab_size");
+  c.tgt_vocab_size = marian ? cfg.integer("decoder_vocab_size", c.src_vocab_size) : c.src_vocab_size;
   if (marian) {
     // Shared embeddings are read off the weights (one table or two); the key only says what was trained.
-    boolean("share_encoder_decoder_embeddings", true);
+    cfg.boolean("share_encoder_decoder_embeddings", true);
   }
   {
-    const nlohmann::json* a = get("activation_function");
+    const nlohmann::json* a = cfg.get("activation_function");
     const std::string name = a ? (a->is_string() ? a->get<std::string>() : std::string("?")) : (m2m ? "relu" : "gelu");
     if (name == "relu") c.activation_kind = activation::relu;
     else if (name == "gelu") c.activation_kind = activation::gelu;
     else if (name == "gelu_new" || name == "gelu_pytorch_tanh") c.activation_kind = activation::gelu_tanh;
     else if (name == "swish" || name == "silu") c.activation_kind = activation::silu;
-    else throw bad("activation_function", "relu, gelu, gelu_new, gelu_pytorch_tanh, swish or silu");
+    else throw cfg.bad("activation_function", "relu, gelu, gelu_new, gelu_pytorch_tanh, swish or silu");
   }
   c.norm_first = mbart || m2m;
   c.encoder_final_norm = c.decoder_final_norm = mbart || m2m;
   c.embedding_norm = bart || mbart;
   c.layer_norm_eps = 1e-5;  // nn.LayerNorm's default, which these families use
-  c.scale_embedding = boolean("scale_embedding", m2m);
-  c.pad_id = static_cast<token_id>(integer("pad_token_id", marian ? std::nullopt : std::optional<index_t>(1)));
-  c.eos_id = static_cast<token_id>(integer("eos_token_id", 2));
-  const index_t max_pos = integer("max_position_embeddings", 1024);
+  c.scale_embedding = cfg.boolean("scale_embedding", m2m);
+  c.pad_id = static_cast<token_id>(cfg.integer("pad_token_id", marian ? std::nullopt : std::optional<index_t>(1)));
+  c.eos_id = static_cast<token_id>(cfg.integer("eos_token_id", 2));
+  const index_t max_pos = cfg.integer("max_position_embeddings", 1024);
   if (bart || mbart) {
     c.positional = positional_encoding::learned;
     c.position_offset = 2;  // BartLearnedPositionalEmbedding: row = position + 2
@@ -257,18 +296,18 @@ inline void hf_directory::parse_config() {
     c.position_offset = marian ? 0 : c.pad_id + 1;  // M2M100: cumsum of non-pad tokens + padding_idx
     c.max_positions = max_pos;
   }
-  c.tie_output = boolean("tie_word_embeddings", true);  // the output projection is the decoder's embedding
+  c.tie_output = cfg.boolean("tie_word_embeddings", true);  // the output projection is the decoder's embedding
 
   // The decoder's first token and a forced first target token: generation_config.json wins, as in
   // transformers' generate().
   constexpr index_t none = -1;  // ids are never negative (validate() checks the range)
   index_t start = none, forced = none;
-  if (const nlohmann::json* s = get("decoder_start_token_id")) {
-    if (!s->is_number_integer() || s->get<index_t>() < 0) throw bad("decoder_start_token_id", "a token id");
+  if (const nlohmann::json* s = cfg.get("decoder_start_token_id")) {
+    if (!s->is_number_integer() || s->get<index_t>() < 0) throw cfg.bad("decoder_start_token_id", "a token id");
     start = s->get<index_t>();
   }
-  if (const nlohmann::json* f = get("forced_bos_token_id")) {
-    if (!f->is_number_integer() || f->get<index_t>() < 0) throw bad("forced_bos_token_id", "a token id or null");
+  if (const nlohmann::json* f = cfg.get("forced_bos_token_id")) {
+    if (!f->is_number_integer() || f->get<index_t>() < 0) throw cfg.bad("forced_bos_token_id", "a token id or null");
     forced = f->get<index_t>();
   }
   if (std::filesystem::exists(dir_ / "generation_config.json")) {
@@ -288,7 +327,7 @@ inline void hf_directory::parse_config() {
       }
     }
   }
-  const index_t bos = integer("bos_token_id", none);
+  const index_t bos = cfg.integer("bos_token_id", none);
   if (start == none) start = bos;  // transformers' generate() falls back to bos
   if (start == none) {
     throw config_error(file + ": decoder_start_token_id: missing (and no bos_token_id), expected the decoder's first token");
@@ -296,78 +335,40 @@ inline void hf_directory::parse_config() {
   c.bos_id = static_cast<token_id>(start);
   if (forced != none) c.forced_bos_id = static_cast<token_id>(forced);
 
-  for (const auto& [key, value] : j.items()) {
-    if (used.count(key) == 0 && eigenformer::detail::hf_ignored_keys().count(key) == 0) {
-      throw config_error(file + ": key '" + detail::text_excerpt(key) + "' (" +
-                         detail::json_excerpt(value) + ") is not supported for model_type " + model_type_);
-    }
-  }
+  cfg.refuse_unread(eigenformer::detail::hf_ignored_keys(), model_type_);
 }
 
 inline void hf_directory::parse_lm_config(const nlohmann::json& j) {
   const std::string file = where("config.json");
-  std::set<std::string, std::less<>> used = {"model_type"};
-  auto get = [&](std::string_view key) -> const nlohmann::json* {
-    used.insert(std::string(key));
-    const auto it = j.find(std::string(key));
-    return it == j.end() || it->is_null() ? nullptr : &*it;
-  };
-  auto bad = [&](std::string_view key, const std::string& expected) -> config_error {
-    const auto it = j.find(std::string(key));
-    return config_error(file + ": " + std::string(key) + ": " +
-                        (it == j.end() ? std::string("missing") : detail::json_excerpt(*it)) + ", expected " + expected);
-  };
-  auto integer = [&](std::string_view key, std::optional<index_t> fallback = std::nullopt) -> index_t {
-    const nlohmann::json* v = get(key);
-    if (!v) {
-      if (fallback) return *fallback;
-      throw bad(key, "an integer");
-    }
-    if (!v->is_number_integer() || v->get<std::int64_t>() < 0 || v->get<std::int64_t>() > INT32_MAX) {
-      throw bad(key, "an integer from 0 to 2147483647");
-    }
-    return static_cast<index_t>(v->get<std::int64_t>());
-  };
-  auto number = [&](std::string_view key, double fallback) {
-    const nlohmann::json* v = get(key);
-    if (!v) return fallback;
-    if (!v->is_number() || !std::isfinite(v->get<double>()) || !(v->get<double>() > 0)) throw bad(key, "a positive number");
-    return v->get<double>();
-  };
-  auto boolean = [&](std::string_view key, bool fallback) {
-    const nlohmann::json* v = get(key);
-    if (!v) return fallback;
-    if (!v->is_boolean()) throw bad(key, "true or false");
-    return v->get<bool>();
-  };
+  detail::hf_config_reader cfg(j, file);
   const bool qwen2 = model_type_ == "qwen2", mixtral = model_type_ == "mixtral", mistral = model_type_ == "mistral" || mixtral;
   model_config& c = config_;
   c.architecture = "decoder-only";
-  c.d_model = integer("hidden_size");
-  c.n_heads = integer("num_attention_heads");
-  c.n_kv_heads = integer("num_key_value_heads", c.n_heads);
+  c.d_model = cfg.integer("hidden_size");
+  c.n_heads = cfg.integer("num_attention_heads");
+  c.n_kv_heads = cfg.integer("num_key_value_heads", c.n_heads);
   if (c.n_kv_heads == 0 || (c.n_heads > 0 && c.n_heads % c.n_kv_heads != 0)) {
-    throw bad("num_key_value_heads", "a divisor of num_attention_heads (" + std::to_string(c.n_heads) + ")");
+    throw cfg.bad("num_key_value_heads", "a divisor of num_attention_heads (" + std::to_string(c.n_heads) + ")");
   }
   if (c.n_kv_heads == c.n_heads) c.n_kv_heads = 0;  // plain multi-head attention: the default
-  c.d_ff = integer("intermediate_size");
+  c.d_ff = cfg.integer("intermediate_size");
   c.n_encoder_layers = 0;
-  c.n_decoder_layers = integer("num_hidden_layers");
-  c.src_vocab_size = c.tgt_vocab_size = integer("vocab_size");
-  if (const nlohmann::json* h = get("head_dim"); h && (c.n_heads <= 0 || !h->is_number_integer() ||
+  c.n_decoder_layers = cfg.integer("num_hidden_layers");
+  c.src_vocab_size = c.tgt_vocab_size = cfg.integer("vocab_size");
+  if (const nlohmann::json* h = cfg.get("head_dim"); h && (c.n_heads <= 0 || !h->is_number_integer() ||
                                                         h->get<std::int64_t>() * c.n_heads != c.d_model)) {
-    throw bad("head_dim", "hidden_size / num_attention_heads (a head dimension of its own is not supported)");
+    throw cfg.bad("head_dim", "hidden_size / num_attention_heads (a head dimension of its own is not supported)");
   }
   {
-    const nlohmann::json* a = get("hidden_act");
+    const nlohmann::json* a = cfg.get("hidden_act");
     if (a && !(a->is_string() && (a->get<std::string>() == "silu" || a->get<std::string>() == "swish"))) {
-      throw bad("hidden_act", "silu (the SwiGLU feed-forward)");
+      throw cfg.bad("hidden_act", "silu (the SwiGLU feed-forward)");
     }
   }
   c.activation_kind = activation::silu;
   c.ff = feed_forward_kind::gated;
   c.norm = normalization::rms_norm;
-  c.layer_norm_eps = number("rms_norm_eps", 1e-6);
+  c.layer_norm_eps = cfg.number("rms_norm_eps", 1e-6);
   c.norm_first = true;
   c.encoder_final_norm = false;
   c.decoder_final_norm = true;
@@ -375,17 +376,17 @@ inline void hf_directory::parse_lm_config(const nlohmann::json& j) {
   c.scale_embedding = false;
   c.share_embeddings = false;
   c.positional = positional_encoding::rotary;
-  c.max_positions = integer("max_position_embeddings", 2048);
-  c.rope_theta = number("rope_theta", 10000.0);
-  if (const nlohmann::json* r = get("rope_scaling")) {
+  c.max_positions = cfg.integer("max_position_embeddings", 2048);
+  c.rope_theta = cfg.number("rope_theta", 10000.0);
+  if (const nlohmann::json* r = cfg.get("rope_scaling")) {
     // {"type": "linear", "factor": f} (transformers adds "rope_type": "linear"); other kinds change the
     // frequencies in ways not implemented here.
-    if (!r->is_object()) throw bad("rope_scaling", "null or an object");
+    if (!r->is_object()) throw cfg.bad("rope_scaling", "null or an object");
     std::string kind;
     double factor = 0;
     for (const auto& [k, v] : r->items()) {
       if ((k == "type" || k == "rope_type") && v.is_string()) {
-        if (!kind.empty() && kind != v.get<std::string>()) throw bad("rope_scaling", "one rope_type");
+        if (!kind.empty() && kind != v.get<std::string>()) throw cfg.bad("rope_scaling", "one rope_type");
         kind = v.get<std::string>();
       } else if (k == "factor" && v.is_number()) {
         factor = v.get<double>();
@@ -398,132 +399,100 @@ inline void hf_directory::parse_lm_config(const nlohmann::json& j) {
       throw config_error(file + ": rope_scaling: type '" + detail::text_excerpt(kind) +
                          "' is not supported, expected 'linear' (or null)");
     }
-    if (!(factor > 0) || !std::isfinite(factor)) throw bad("rope_scaling", "a positive 'factor'");
+    if (!(factor > 0) || !std::isfinite(factor)) throw cfg.bad("rope_scaling", "a positive 'factor'");
     c.rope_scaling_factor = factor;
   }
   if (qwen2) {
     c.attn_bias = attention_bias::qkv;  // Qwen2Attention: q, k, v biases; o_proj none
-    if (boolean("use_sliding_window", false)) {
-      throw bad("use_sliding_window", "false (sliding-window attention is not supported)");
+    if (cfg.boolean("use_sliding_window", false)) {
+      throw cfg.bad("use_sliding_window", "false (sliding-window attention is not supported)");
     }
-    get("sliding_window");     // not used while use_sliding_window is false
-    get("max_window_layers");  // idem
+    cfg.get("sliding_window");     // not used while use_sliding_window is false
+    cfg.get("max_window_layers");  // idem
   } else {
-    c.attn_bias = boolean("attention_bias", false) ? attention_bias::all : attention_bias::none;
+    c.attn_bias = cfg.boolean("attention_bias", false) ? attention_bias::all : attention_bias::none;
     if (mistral) {
       c.attn_bias = attention_bias::none;
-      used.erase("attention_bias");  // MistralConfig has no such key
-      if (const nlohmann::json* w = get("sliding_window");
+      cfg.forget("attention_bias");  // MistralConfig has no such key
+      if (const nlohmann::json* w = cfg.get("sliding_window");
           w && !(w->is_number_integer() && w->get<std::int64_t>() >= c.max_positions)) {
-        throw bad("sliding_window", "null or at least max_position_embeddings " + std::to_string(c.max_positions) +
+        throw cfg.bad("sliding_window", "null or at least max_position_embeddings " + std::to_string(c.max_positions) +
                                         " (sliding-window attention is not supported)");
       }
-    } else if (boolean("mlp_bias", false)) {
-      throw bad("mlp_bias", "false (feed-forward biases are not supported)");
+    } else if (cfg.boolean("mlp_bias", false)) {
+      throw cfg.bad("mlp_bias", "false (feed-forward biases are not supported)");
     }
   }
   if (mixtral) {
     // Every layer's MLP is a mixture of experts of SwiGLU blocks (c.ff gated), routed by the top_k gate.
     moe_config m;
-    m.n_experts = integer("num_local_experts");
-    m.top_k = integer("num_experts_per_tok");
-    if (m.n_experts < 1) throw bad("num_local_experts", "a positive integer");
+    m.n_experts = cfg.integer("num_local_experts");
+    m.top_k = cfg.integer("num_experts_per_tok");
+    if (m.n_experts < 1) throw cfg.bad("num_local_experts", "a positive integer");
     if (m.top_k < 1 || m.top_k > m.n_experts) {
-      throw bad("num_experts_per_tok", "1 to num_local_experts (" + std::to_string(m.n_experts) + ")");
+      throw cfg.bad("num_experts_per_tok", "1 to num_local_experts (" + std::to_string(m.n_experts) + ")");
     }
     m.gate_kind = gate::top_k;
     for (index_t i = 0; i < c.n_decoder_layers; ++i) m.decoder_layers.push_back(i);
-    if (const nlohmann::json* r = get("router_jitter_noise");
+    if (const nlohmann::json* r = cfg.get("router_jitter_noise");
         r && !(r->is_number() && r->get<double>() == 0.0)) {
-      throw bad("router_jitter_noise", "0 (router jitter is a training device; not supported)");
+      throw cfg.bad("router_jitter_noise", "0 (router jitter is a training device; not supported)");
     }
-    get("output_router_logits");  // what forward() returns, not what it computes (stats: moe_router_stats)
-    get("router_aux_loss_coef");  // the training loss only
+    cfg.get("output_router_logits");  // what forward() returns, not what it computes (stats: moe_router_stats)
+    cfg.get("router_aux_loss_coef");  // the training loss only
     c.moe = m;
   }
-  c.tie_output = boolean("tie_word_embeddings", false);
-  const index_t eos = integer("eos_token_id");
+  c.tie_output = cfg.boolean("tie_word_embeddings", false);
+  const index_t eos = cfg.integer("eos_token_id");
   c.eos_id = static_cast<token_id>(eos);
-  c.bos_id = static_cast<token_id>(integer("bos_token_id", eos));  // not used: the prompt starts as the caller says
-  c.pad_id = static_cast<token_id>(integer("pad_token_id", eos));
+  c.bos_id = static_cast<token_id>(cfg.integer("bos_token_id", eos));  // not used: the prompt starts as the caller says
+  c.pad_id = static_cast<token_id>(cfg.integer("pad_token_id", eos));
   static const std::set<std::string, std::less<>> lm_ignored = {
       "_name_or_path", "architectures", "transformers_version", "torch_dtype", "use_cache", "attention_dropout",
       "initializer_range", "pretraining_tp", "tokenizer_class", "return_dict", "output_hidden_states",
       "output_attentions", "id2label", "label2id", "num_labels", "problem_type", "max_length", "min_length"};
-  for (const auto& [key, value] : j.items()) {
-    if (used.count(key) == 0 && lm_ignored.count(key) == 0) {
-      throw config_error(file + ": key '" + detail::text_excerpt(key) + "' (" + detail::json_excerpt(value) +
-                         ") is not supported for model_type " + model_type_);
-    }
-  }
+  cfg.refuse_unread(lm_ignored, model_type_);
 }
 
 inline void hf_directory::parse_gpt2_config(const nlohmann::json& j) {
   const std::string file = where("config.json");
-  std::set<std::string, std::less<>> used = {"model_type"};
-  auto get = [&](std::string_view key) -> const nlohmann::json* {
-    used.insert(std::string(key));
-    const auto it = j.find(std::string(key));
-    return it == j.end() || it->is_null() ? nullptr : &*it;
-  };
-  auto bad = [&](std::string_view key, const std::string& expected) -> config_error {
-    const auto it = j.find(std::string(key));
-    return config_error(file + ": " + std::string(key) + ": " +
-                        (it == j.end() ? std::string("missing") : detail::json_excerpt(*it)) + ", expected " + expected);
-  };
-  auto integer = [&](std::string_view key, std::optional<index_t> fallback = std::nullopt) -> index_t {
-    const nlohmann::json* v = get(key);
-    if (!v) {
-      if (fallback) return *fallback;
-      throw bad(key, "an integer");
-    }
-    if (!v->is_number_integer() || v->get<std::int64_t>() < 0 || v->get<std::int64_t>() > INT32_MAX) {
-      throw bad(key, "an integer from 0 to 2147483647");
-    }
-    return static_cast<index_t>(v->get<std::int64_t>());
-  };
-  auto boolean = [&](std::string_view key, bool fallback) {
-    const nlohmann::json* v = get(key);
-    if (!v) return fallback;
-    if (!v->is_boolean()) throw bad(key, "true or false");
-    return v->get<bool>();
-  };
+  detail::hf_config_reader cfg(j, file);
   model_config& c = config_;
   c.architecture = "decoder-only";
-  c.d_model = integer("n_embd", 768);  // GPT2Config's defaults
-  c.n_heads = integer("n_head", 12);
-  c.n_decoder_layers = integer("n_layer", 12);
+  c.d_model = cfg.integer("n_embd", 768);  // GPT2Config's defaults
+  c.n_heads = cfg.integer("n_head", 12);
+  c.n_decoder_layers = cfg.integer("n_layer", 12);
   c.n_encoder_layers = 0;
-  c.d_ff = integer("n_inner", 4 * c.d_model);  // null: 4 n_embd (GPT2MLP)
-  c.src_vocab_size = c.tgt_vocab_size = integer("vocab_size", 50257);
-  c.max_positions = integer("n_positions", 1024);  // rows of wpe
-  if (const nlohmann::json* e = get("layer_norm_epsilon")) {
-    if (!e->is_number() || !std::isfinite(e->get<double>()) || !(e->get<double>() > 0)) throw bad("layer_norm_epsilon", "a positive number");
+  c.d_ff = cfg.integer("n_inner", 4 * c.d_model);  // null: 4 n_embd (GPT2MLP)
+  c.src_vocab_size = c.tgt_vocab_size = cfg.integer("vocab_size", 50257);
+  c.max_positions = cfg.integer("n_positions", 1024);  // rows of wpe
+  if (const nlohmann::json* e = cfg.get("layer_norm_epsilon")) {
+    if (!e->is_number() || !std::isfinite(e->get<double>()) || !(e->get<double>() > 0)) throw cfg.bad("layer_norm_epsilon", "a positive number");
     c.layer_norm_eps = e->get<double>();
   } else {
     c.layer_norm_eps = 1e-5;
   }
   {
-    const nlohmann::json* a = get("activation_function");
+    const nlohmann::json* a = cfg.get("activation_function");
     const std::string name = a ? (a->is_string() ? a->get<std::string>() : std::string("?")) : "gelu_new";
     // transformers' ACT2FN: "gelu" is the exact (erf) GELU, "gelu_new" and "gelu_pytorch_tanh" its tanh approximation.
     if (name == "gelu_new" || name == "gelu_pytorch_tanh") c.activation_kind = activation::gelu_tanh;
     else if (name == "gelu") c.activation_kind = activation::gelu;
     else if (name == "relu") c.activation_kind = activation::relu;
     else if (name == "silu" || name == "swish") c.activation_kind = activation::silu;
-    else throw bad("activation_function", "gelu_new, gelu_pytorch_tanh, gelu, relu, silu or swish");
+    else throw cfg.bad("activation_function", "gelu_new, gelu_pytorch_tanh, gelu, relu, silu or swish");
   }
   // Options that change GPT2Attention's computation, refused unless at the value we compute.
-  if (!boolean("scale_attn_weights", true)) throw bad("scale_attn_weights", "true (unscaled attention is not supported)");
-  if (boolean("scale_attn_by_inverse_layer_idx", false)) {
-    throw bad("scale_attn_by_inverse_layer_idx", "false (scores divided by the layer number are not supported)");
+  if (!cfg.boolean("scale_attn_weights", true)) throw cfg.bad("scale_attn_weights", "true (unscaled attention is not supported)");
+  if (cfg.boolean("scale_attn_by_inverse_layer_idx", false)) {
+    throw cfg.bad("scale_attn_by_inverse_layer_idx", "false (scores divided by the layer number are not supported)");
   }
-  if (boolean("reorder_and_upcast_attn", false)) {
-    throw bad("reorder_and_upcast_attn", "false (the reordered, upcast attention is not supported)");
+  if (cfg.boolean("reorder_and_upcast_attn", false)) {
+    throw cfg.bad("reorder_and_upcast_attn", "false (the reordered, upcast attention is not supported)");
   }
-  if (boolean("add_cross_attention", false)) throw bad("add_cross_attention", "false (cross-attention is not supported)");
-  if (const nlohmann::json* n = get("n_ctx"); n && !(n->is_number_integer() && n->get<std::int64_t>() == c.max_positions)) {
-    throw bad("n_ctx", "n_positions (" + std::to_string(c.max_positions) + ")");
+  if (cfg.boolean("add_cross_attention", false)) throw cfg.bad("add_cross_attention", "false (cross-attention is not supported)");
+  if (const nlohmann::json* n = cfg.get("n_ctx"); n && !(n->is_number_integer() && n->get<std::int64_t>() == c.max_positions)) {
+    throw cfg.bad("n_ctx", "n_positions (" + std::to_string(c.max_positions) + ")");
   }
   c.norm = normalization::layer_norm;
   c.ff = feed_forward_kind::dense;
@@ -537,11 +506,11 @@ inline void hf_directory::parse_gpt2_config(const nlohmann::json& j) {
   c.share_embeddings = false;
   c.positional = positional_encoding::learned;  // wpe, row = position (from 0)
   c.position_offset = 0;
-  c.tie_output = boolean("tie_word_embeddings", true);
-  const index_t eos = integer("eos_token_id", 50256);
+  c.tie_output = cfg.boolean("tie_word_embeddings", true);
+  const index_t eos = cfg.integer("eos_token_id", 50256);
   c.eos_id = static_cast<token_id>(eos);
-  c.bos_id = static_cast<token_id>(integer("bos_token_id", eos));
-  c.pad_id = static_cast<token_id>(integer("pad_token_id", eos));
+  c.bos_id = static_cast<token_id>(cfg.integer("bos_token_id", eos));
+  c.pad_id = static_cast<token_id>(cfg.integer("pad_token_id", eos));
   // Settings of training (dropout, init) and of GPT2DoubleHeadsModel's summary head, which
   // GPT2LMHeadModel does not have.
   static const std::set<std::string, std::less<>> gpt2_ignored = {
@@ -550,12 +519,7 @@ inline void hf_directory::parse_gpt2_config(const nlohmann::json& j) {
       "summary_type", "summary_use_proj", "task_specific_params", "tokenizer_class", "return_dict",
       "output_hidden_states", "output_attentions", "id2label", "label2id", "num_labels", "problem_type", "max_length",
       "min_length"};
-  for (const auto& [key, value] : j.items()) {
-    if (used.count(key) == 0 && gpt2_ignored.count(key) == 0) {
-      throw config_error(file + ": key '" + detail::text_excerpt(key) + "' (" + detail::json_excerpt(value) +
-                         ") is not supported for model_type " + model_type_);
-    }
-  }
+  cfg.refuse_unread(gpt2_ignored, model_type_);
 }
 
 inline void hf_directory::find_shards() {
