@@ -707,18 +707,20 @@ TEST(Cli, Translate) {
 // tokens, or scoring through the encoder-decoder path (tests/fixtures/lm: transformers' outputs), for
 // a Llama, a GPT-2 (learned positions, LayerNorm) and a Mixtral (MoE) folder.
 TEST(Cli, DecoderOnlyScoreAndGenerate) {
-  for (const std::string name : {"llama", "gpt2", "mixtral"}) {
+  // The CTranslate2 float32 conversions (model.bin) score and generate as their Hugging Face originals.
+  for (const std::string name : {"llama", "gpt2", "mixtral", "llama_ct2_float32", "gpt2_ct2_float32"}) {
+    const std::string base = name.substr(0, name.find("_ct2_"));  // the original: tgt.txt, prompts.txt, references
     const std::string dir = (fixture_root() / "lm" / name).string();
     const std::string out = tmp_path("lm_" + name + ".npy");
-    auto r = run("score --model " + dir + " --tgt-file " + fixture("lm/" + name, "tgt.txt") + " --out " + out);
+    auto r = run("score --model " + dir + " --tgt-file " + fixture("lm/" + base, "tgt.txt") + " --out " + out);
     ASSERT_EQ(r.status, 0) << name << ": " << r.err;
     const auto got = ef::io::read_npy<float>(out);
-    const auto expected = ef::io::read_npy<double>(fixture_root() / "lm" / name / "logprobs.npy");
+    const auto expected = ef::io::read_npy<double>(fixture_root() / "lm" / base / "logprobs.npy");
     ASSERT_EQ(got.shape(), expected.shape()) << name;
     EXPECT_LT(max_abs_diff(got.values(), expected.values()), 1e-4) << name;
-    r = run("generate --model " + dir + " --src-file " + fixture("lm/" + name, "prompts.txt") + " --max-new-tokens 16");
+    r = run("generate --model " + dir + " --src-file " + fixture("lm/" + base, "prompts.txt") + " --max-new-tokens 16");
     ASSERT_EQ(r.status, 0) << name << ": " << r.err;
-    EXPECT_EQ(id_lines(r.out), id_lines(read_file(fixture_root() / "lm" / name / "greedy.txt"))) << name;
+    EXPECT_EQ(id_lines(r.out), id_lines(read_file(fixture_root() / "lm" / base / "greedy.txt"))) << name;
   }
   const std::string dir = (fixture_root() / "lm" / "llama").string();
   expect_error(run("score --model " + dir + " --src-file " + fixture("lm/llama", "prompts.txt") + " --tgt-file " +

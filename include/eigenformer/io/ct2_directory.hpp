@@ -1,6 +1,9 @@
 // eigenformer/io/ct2_directory.hpp: a CTranslate2 model directory (what ctranslate2's converters
 // write: model.bin, config.json, the vocabularies) as a model_config and a weight_map under the
-// model's own tensor names, for encoder-decoder models of the spec TransformerSpec.
+// model's own tensor names, for encoder-decoder models of the spec TransformerSpec (revision 7) and
+// decoder-only models of the spec TransformerDecoderSpec (revision 8, ctranslate2's
+// TransformerDecoderModelSpec: TransformersConverter's Llama-family and GPT-2 conversions, one
+// vocabulary.json; mapping at read_decoder_only_weights()).
 //
 //   const io::ct2_directory dir("opus-mt-en-de-ct2/");   // model.bin, config.json, shared_vocabulary.json
 //   auto weights = dir.read_weights<float>();
@@ -172,13 +175,15 @@ class ct2_model_file {
                          ", expected 6 (written by ctranslate2 >= 3.0)");
     }
     spec_ = read_string("spec name");
-    if (spec_ != "TransformerSpec") {
+    if (spec_ != "TransformerSpec" && spec_ != "TransformerDecoderSpec") {
       throw config_error(file + ": spec '" + detail::text_excerpt(spec_) +
-                         "' is not supported, expected TransformerSpec (encoder-decoder)");
+                         "' is not supported, expected TransformerSpec (encoder-decoder) or TransformerDecoderSpec (decoder-only)");
     }
     revision_ = read<std::uint32_t>("spec revision");
-    if (revision_ != 7) {
-      throw config_error(file + ": TransformerSpec revision " + std::to_string(revision_) + " is not supported, expected 7");
+    const std::uint32_t expected_revision = spec_ == "TransformerSpec" ? 7 : 8;
+    if (revision_ != expected_revision) {
+      throw config_error(file + ": " + spec_ + " revision " + std::to_string(revision_) + " is not supported, expected " +
+                         std::to_string(expected_revision));
     }
     const auto count = read<std::uint32_t>("variable count");
     for (std::uint32_t k = 0; k < count; ++k) {  // each variable takes >= 12 bytes: need() ends a lying count
@@ -287,9 +292,28 @@ class ct2_directory {
   template <class Scalar>
   weight_map<Scalar> read_weights() const;
 
+  /// True for a decoder-only model (spec TransformerDecoderSpec).
+  bool decoder_only_spec() const noexcept { return bin_.spec() == "TransformerDecoderSpec"; }
+
  private:
   void read_vocabularies();
   void parse(const std::optional<std::string>& decoder_start);
+  /// TransformerDecoderSpec's attributes and config.json (parse() calls it for that spec).
+  void parse_decoder_only(const nlohmann::json& j, const std::string& cfile);
+  template <class Scalar>
+  weight_map<Scalar> read_decoder_only_weights() const;
+  /// Variable `name` as Scalar with exactly `dims` (int8/int16 divided by <name>_scale); erases
+  /// the names it reads from `unused`.
+  template <class Scalar>
+  tensor<Scalar> read_variable(const std::string& name, const std::vector<index_t>& dims, std::set<std::string>& unused) const;
+  /// Scalar attribute `name` (nullopt if absent); recorded as consumed.
+  std::optional<double> attribute(const std::string& name) {
+    const ct2_variable* v = bin_.find(name);
+    if (!v) return std::nullopt;
+    if (!v->dims.empty()) throw format_error(var_where(name) + ": rank " + std::to_string(v->dims.size()) + ", expected a scalar");
+    consumed_.insert(name);
+    return bin_.element(*v, bin_.bytes(*v), 0);
+  }
   std::string var_where(const std::string& name) const {
     return bin_.path().string() + ": variable '" + detail::text_excerpt(name, 128) + "'";
   }
@@ -300,6 +324,7 @@ class ct2_directory {
   std::vector<std::string> src_vocab_, tgt_vocab_;
   bool add_source_bos_ = false, add_source_eos_ = false, zero_start_ = false;
   index_t d_ = 0, vocab_rows_ = 0;  // d_model; rows of decoder/embeddings/weight
+  std::set<std::string> consumed_;  // attributes parse() read (scalars: not weights)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -350,11 +375,13 @@ inline ct2_vocabularies read_ct2_vocabularies(const std::filesystem::path& dir) 
   ct2_vocabularies v;
   if (exists("shared_vocabulary")) {
     v.source = v.target = read("shared_vocabulary");
+  } else if (exists("vocabulary")) {  // decoder-only (TransformerDecoderSpec): one vocabulary
+    v.source = v.target = read("vocabulary");
   } else if (exists("source_vocabulary") && exists("target_vocabulary")) {
     v.source = read("source_vocabulary");
     v.target = read("target_vocabulary");
   } else {
-    throw format_error(dir.string() + ": no shared_vocabulary.{json,txt} nor source_ and target_vocabulary.{json,txt}");
+    throw format_error(dir.string() + ": no shared_vocabulary.{json,txt}, vocabulary.{json,txt} (decoder-only) nor source_ and target_vocabulary.{json,txt}");
   }
   return v;
 }
@@ -399,12 +426,7 @@ inline void ct2_directory::parse(const std::optional<std::string>& decoder_start
   };
 
   // Scalar attributes of the spec, each consumed here (read_weights() checks nothing is left).
-  auto scalar = [&](const std::string& name) -> std::optional<double> {
-    const ct2_variable* v = bin_.find(name);
-    if (!v) return std::nullopt;
-    if (!v->dims.empty()) throw format_error(var_where(name) + ": rank " + std::to_string(v->dims.size()) + ", expected a scalar");
-    return bin_.element(*v, bin_.bytes(*v), 0);
-  };
+  auto scalar = [&](const std::string& name) { return attribute(name); };
   auto require = [&](const std::string& name) {
     const auto x = scalar(name);
     if (!x) throw format_error(var_where(name) + " is missing");
@@ -438,6 +460,13 @@ inline void ct2_directory::parse(const std::optional<std::string>& decoder_start
   if (static_cast<std::size_t>(vocab_rows_) != tgt_vocab_.size()) {
     throw config_error(var_where("decoder/embeddings/weight") + ": " + std::to_string(vocab_rows_) +
                        " rows, but the target vocabulary has " + std::to_string(tgt_vocab_.size()) + " tokens");
+  }
+  if (decoder_only_spec()) {
+    if (decoder_start) {
+      throw config_error(bin_.path().string() + ": a decoder start token was given, but a decoder-only model has none "
+                                                "(the prompt starts as the caller says)");
+    }
+    return parse_decoder_only(j, cfile);
   }
   c.n_heads = static_cast<index_t>(both("num_heads"));
   c.norm_first = both("pre_norm") != 0;
@@ -566,14 +595,275 @@ inline void ct2_directory::parse(const std::optional<std::string>& decoder_start
   }
 }
 
+// TransformerDecoderSpec (revision 8), as ctranslate2's TransformersConverter writes Llama and GPT-2:
+// attributes decoder/{num_heads, pre_norm, activation, scale_embeddings, alibi*, ...} and per layer
+// self_attention/{num_heads_kv, rotary_dim, rotary_interleave, rotary_base}; config.json's
+// bos/eos/unk tokens, layer_norm_epsilon, multi_query_attention, quantization_*.
+inline void ct2_directory::parse_decoder_only(const nlohmann::json& j, const std::string& cfile) {
+  std::set<std::string> used;
+  auto key = [&](const std::string& k) -> const nlohmann::json* {
+    used.insert(k);
+    const auto it = j.find(k);
+    return it == j.end() ? nullptr : &*it;
+  };
+  auto bad = [&](const std::string& k, const std::string& expected) {
+    const auto it = j.find(k);
+    return config_error(cfile + ": " + k + ": " + (it == j.end() ? std::string("missing") : detail::json_excerpt(*it)) +
+                        ", expected " + expected);
+  };
+  auto id_of = [&](const std::string& k) -> std::optional<token_id> {
+    const nlohmann::json* v = key(k);
+    if (!v || v->is_null()) return std::nullopt;
+    if (!v->is_string()) throw bad(k, "a token or null");
+    const std::string tok = v->get<std::string>();
+    for (std::size_t i = 0; i < tgt_vocab_.size(); ++i)
+      if (tgt_vocab_[i] == tok) return static_cast<token_id>(i);
+    throw config_error(cfile + ": " + k + ": '" + detail::text_excerpt(tok) + "' is not in the vocabulary");
+  };
+  auto require = [&](const std::string& name) {
+    const auto x = attribute(name);
+    if (!x) throw format_error(var_where(name) + " is missing");
+    return *x;
+  };
+  auto refuse = [&](const std::string& name, double got, const std::string& expected) {
+    return config_error(var_where(name) + ": " + std::to_string(got) + ", expected " + expected);
+  };
+  auto must_be = [&](const std::string& name, double expected, const char* feature) {
+    const auto x = attribute(name);
+    if (x && *x != expected) throw refuse(name, *x, std::to_string(expected) + " (" + feature + " is not supported)");
+  };
+  auto has = [&](const std::string& name) { return bin_.find(name) != nullptr; };
+
+  model_config& c = config_;
+  c.architecture = "decoder-only";
+  c.n_encoder_layers = 0;
+  c.encoder_final_norm = false;
+  c.embedding_norm = false;
+  c.share_embeddings = false;
+  c.src_vocab_size = c.tgt_vocab_size = vocab_rows_;
+  c.n_heads = static_cast<index_t>(require("decoder/num_heads"));
+  if (c.n_heads < 1 || d_ % c.n_heads != 0) {
+    throw refuse("decoder/num_heads", double(c.n_heads), "a positive divisor of d_model " + std::to_string(d_));
+  }
+  const index_t dh = d_ / c.n_heads;
+  if (require("decoder/pre_norm") != 1) throw refuse("decoder/pre_norm", 0, "1 (decoder-only models are pre-norm)");
+  c.norm_first = true;
+  const double act = require("decoder/activation");
+  switch (static_cast<int>(act)) {
+    case 0: c.activation_kind = activation::relu; break;
+    case 1: c.activation_kind = activation::gelu_tanh; break;
+    case 2: c.activation_kind = activation::silu; break;
+    case 3: c.activation_kind = activation::gelu; break;
+    default: throw refuse("decoder/activation", act, "0 (relu), 1 (gelu tanh), 2 (swish) or 3 (gelu)");
+  }
+  {  // a flag (int8) in this spec: 0 = no scaling; a float multiplier of 1 means the same
+    const ct2_variable* v = bin_.find("decoder/scale_embeddings");
+    const auto s = attribute("decoder/scale_embeddings");
+    if (s && !((v->dtype == 1 && *s == 0) || (v->dtype == 0 && *s == 1))) {
+      throw refuse("decoder/scale_embeddings", *s, "0 (scaled embeddings are not supported for decoder-only models)");
+    }
+    c.scale_embedding = false;
+  }
+  must_be("decoder/alibi", 0, "ALiBi");
+  must_be("decoder/alibi_use_positive_positions", 0, "ALiBi");
+  must_be("decoder/scale_alibi", 0, "ALiBi");
+  must_be("decoder/start_from_zero_embedding", 0, "a zero start embedding");
+  must_be("decoder/parallel_residual", 0, "parallel residual");
+  must_be("decoder/shared_layer_norm", 0, "a shared layer norm");
+  attribute("decoder/alignment_heads");  // CTranslate2's attention alignments only: no effect on the computation
+  attribute("decoder/alignment_layer");
+
+  index_t layers = 0;
+  while (has("decoder/layer_" + std::to_string(layers) + "/self_attention/linear_0/weight")) ++layers;
+  if (layers == 0) throw format_error(var_where("decoder/layer_0/self_attention/linear_0/weight") + " is missing");
+  c.n_decoder_layers = layers;
+
+  // Per-layer attention attributes: one value for every layer.
+  auto per_layer = [&](const std::string& attr) -> std::optional<double> {
+    std::optional<double> first;
+    for (index_t i = 0; i < layers; ++i) {
+      const std::string name = "decoder/layer_" + std::to_string(i) + "/self_attention/" + attr;
+      const auto x = attribute(name);
+      if (i == 0) first = x;
+      else if (x != first) {
+        throw config_error(var_where(name) + ": " + (x ? std::to_string(*x) : std::string("absent")) +
+                           ", expected the value of layer 0 (" + (first ? std::to_string(*first) : std::string("absent")) + ")");
+      }
+    }
+    return first;
+  };
+  const auto kv = per_layer("num_heads_kv");
+  if (kv) {
+    if (*kv < 1 || static_cast<index_t>(*kv) > c.n_heads || c.n_heads % static_cast<index_t>(*kv) != 0) {
+      throw refuse("decoder/layer_0/self_attention/num_heads_kv", *kv, "a divisor of num_heads " + std::to_string(c.n_heads));
+    }
+    c.n_kv_heads = static_cast<index_t>(*kv) == c.n_heads ? 0 : static_cast<index_t>(*kv);
+  }
+  const auto rdim = per_layer("rotary_dim");
+  const auto rinter = per_layer("rotary_interleave");
+  const auto rbase = per_layer("rotary_base");
+  for (const char* attr : {"rotary_scaling_type", "rotary_scaling_factor", "sliding_window", "queries_scale",
+                           "rotary_low_freq_factor", "rotary_high_freq_factor", "original_max_position_embeddings",
+                           "max_position_embeddings"}) {
+    const std::string name = "decoder/layer_0/self_attention/" + std::string(attr);
+    if (const auto x = attribute(name)) throw refuse(name, *x, std::string("absent (") + attr + " is not supported)");
+  }
+  const bool learned = has("decoder/position_encodings/encodings");
+  if (rdim) {
+    if (learned) {
+      throw config_error(var_where("decoder/position_encodings/encodings") + ": present with rotary_dim, expected one or the other");
+    }
+    if (*rdim != 0 && static_cast<index_t>(*rdim) != dh) {
+      throw refuse("decoder/layer_0/self_attention/rotary_dim", *rdim,
+                   "0 or the head dimension " + std::to_string(dh) + " (partial rotary is not supported)");
+    }
+    // CTranslate2 rotates pairs (2i, 2i + 1) when interleaved: the layout its Llama converter
+    // keeps only with rotary_interleave false (q/k rows as transformers' rotate-half).
+    if (rinter && *rinter != 0) {
+      throw refuse("decoder/layer_0/self_attention/rotary_interleave", *rinter,
+                   "0 (the rotate-half layout; interleaved rotary is not supported)");
+    }
+    c.positional = positional_encoding::rotary;
+    c.rope_theta = rbase ? *rbase : 10000.0;
+    c.rope_scaling_factor = 1.0;
+    c.max_positions = 4096;  // CTranslate2 stores no limit: eigenformer's rotary table holds 4096 positions
+  } else if (learned) {
+    if (rinter || rbase) {
+      throw config_error(var_where("decoder/layer_0/self_attention/rotary_base") + ": present without rotary_dim");
+    }
+    const ct2_variable* pe = bin_.find("decoder/position_encodings/encodings");
+    if (pe->dims.size() != 2 || pe->dims[0] < 1 || pe->dims[1] != d_) {
+      throw shape_error(var_where("decoder/position_encodings/encodings") + ": expected [positions, " + std::to_string(d_) + "]");
+    }
+    c.positional = positional_encoding::learned;  // GPT-2's wpe: row = position from 0
+    c.position_offset = 0;
+    c.max_positions = static_cast<index_t>(pe->dims[0]);
+  } else {
+    throw config_error(var_where("decoder/position_encodings/encodings") +
+                       ": missing and no rotary_dim (CTranslate2's built-in sinusoidal positions are not supported yet)");
+  }
+  const index_t kvd = c.kv_heads() * dh;
+  {
+    const ct2_variable* qkv = bin_.find("decoder/layer_0/self_attention/linear_0/weight");
+    if (qkv->dims.size() != 2 || qkv->dims[0] != d_ + 2 * kvd) {
+      throw shape_error(var_where(qkv->name) + ": expected [" + std::to_string(d_ + 2 * kvd) + ", " + std::to_string(d_) +
+                        "] (q rows, then k and v rows of " + std::to_string(c.kv_heads()) + " key/value head(s))");
+    }
+  }
+  // Normalisation: LayerNorm (gamma, beta) or RMSNorm (gamma only), told by the final norm.
+  if (!has("decoder/layer_norm/gamma")) throw format_error(var_where("decoder/layer_norm/gamma") + " is missing");
+  c.decoder_final_norm = true;
+  c.norm = has("decoder/layer_norm/beta") ? normalization::layer_norm : normalization::rms_norm;
+  // Attention biases: on every projection, or on q/k/v only (Qwen2), or none.
+  const bool qkv_bias = has("decoder/layer_0/self_attention/linear_0/bias");
+  const bool out_bias = has("decoder/layer_0/self_attention/linear_1/bias");
+  if (out_bias && !qkv_bias) {
+    throw config_error(var_where("decoder/layer_0/self_attention/linear_1/bias") + ": an output bias without q/k/v biases is not supported");
+  }
+  c.attn_bias = out_bias ? attention_bias::all : qkv_bias ? attention_bias::qkv : attention_bias::none;
+  // Feed-forward: gated (linear_0 = gate, activated; linear_0_noact = up; linear_1 = down) or dense.
+  {
+    const ct2_variable* ff = bin_.find("decoder/layer_0/ffn/linear_0/weight");
+    if (!ff || ff->dims.size() != 2) throw format_error(var_where("decoder/layer_0/ffn/linear_0/weight") + ": missing or not [d_ff, d_model]");
+    c.d_ff = static_cast<index_t>(ff->dims[0]);
+  }
+  if (has("decoder/layer_0/ffn/linear_0_noact/weight")) {
+    if (c.activation_kind != activation::silu) {
+      throw refuse("decoder/activation", act, "2 (swish) with a gated feed-forward (only SwiGLU is supported)");
+    }
+    c.ff = feed_forward_kind::gated;
+  } else {
+    c.ff = feed_forward_kind::dense;
+  }
+  c.tie_output = bin_.alias_target("decoder/projection/weight") == "decoder/embeddings/weight";
+
+  // config.json
+  if (const auto u = id_of("unk_token"); !u) throw bad("unk_token", "a token");
+  const auto eos = id_of("eos_token");
+  if (!eos) throw bad("eos_token", "a token");
+  c.eos_id = *eos;
+  c.bos_id = id_of("bos_token").value_or(*eos);  // not used: the prompt starts as the caller says
+  c.pad_id = *eos;
+  if (const nlohmann::json* e = key("layer_norm_epsilon"); e && !e->is_null()) {
+    if (!e->is_number() || !(e->get<double>() > 0)) throw bad("layer_norm_epsilon", "a positive number or null");
+    c.layer_norm_eps = e->get<double>();
+  } else if (c.norm == normalization::layer_norm) {
+    c.layer_norm_eps = 1e-5;  // CTranslate2's LayerNorm default (GPT-2's conversion writes null)
+  } else {
+    throw bad("layer_norm_epsilon", "a number for an RMSNorm model (no fixture proves CTranslate2's default)");
+  }
+  // Written true whenever num_heads_kv differs from num_heads or is absent (GPT-2); num_heads_kv and
+  // the shape of linear_0 (checked above) say what is computed.
+  if (const nlohmann::json* m = key("multi_query_attention"); m && !m->is_boolean()) throw bad("multi_query_attention", "true or false");
+  if (const nlohmann::json* q = key("quantization_type"); q && !(q->is_number_integer() && q->get<int>() == 0)) {
+    throw bad("quantization_type", "0 (AWQ and other quantisation types are not supported)");
+  }
+  for (const char* k : {"quantization_bits", "quantization_group_size"}) {
+    if (const nlohmann::json* q = key(k); q && !q->is_null()) throw bad(k, "null (AWQ quantisation is not supported)");
+  }
+  for (const auto& [k, v] : j.items()) {
+    if (!used.count(k)) {
+      throw config_error(cfile + ": key '" + detail::text_excerpt(k) + "' (" + detail::json_excerpt(v) + ") is not supported");
+    }
+  }
+}
+
+template <class Scalar>
+tensor<Scalar> ct2_directory::read_variable(const std::string& name, const std::vector<index_t>& dims,
+                                            std::set<std::string>& unused) const {
+  const ct2_variable* v = bin_.find(name);
+  if (!v) throw format_error(var_where(name) + " is missing");
+  std::vector<index_t> got(v->dims.begin(), v->dims.end());
+  check_shape(var_where(name), std::span<const index_t>(got), std::span<const index_t>(dims));
+  unused.erase(name);
+  unused.erase(v->name);
+  tensor<Scalar> t{tensor_shape(std::span<const index_t>(dims))};
+  const std::vector<std::byte> b = bin_.bytes(*v);
+  const std::size_t n = static_cast<std::size_t>(t.size());
+  if (v->dtype == 1 || v->dtype == 2) {
+    // Quantised: value = q / scale (the converter stored round(w * scale)); one scale per row, or one.
+    const std::string sname = v->name + "_scale";
+    const ct2_variable* s = bin_.find(sname);
+    if (!s) throw format_error(var_where(v->name) + ": " + ct2_model_file::dtype_name(v->dtype) + " without " + sname);
+    const std::size_t rows = dims.empty() ? 1 : static_cast<std::size_t>(dims[0]);
+    const std::size_t scales = s->dims.empty() ? 1 : static_cast<std::size_t>(s->dims[0]);
+    if (s->dims.size() > 1 || (scales != 1 && scales != rows) || (s->dtype != 0 && s->dtype != 4 && s->dtype != 5)) {
+      throw shape_error(var_where(sname) + ": expected a float scalar or one float per row (" + std::to_string(rows) + ")");
+    }
+    unused.erase(sname);
+    const std::vector<std::byte> sb = bin_.bytes(*s);
+    const std::size_t per_row = rows ? n / rows : 0;
+    for (std::size_t r = 0; r < rows; ++r) {
+      const double scale = bin_.element(*s, sb, scales == 1 ? 0 : r);
+      if (!std::isfinite(scale) || scale == 0) {
+        throw format_error(var_where(sname) + ": element " + std::to_string(r) + " is " + std::to_string(scale) +
+                           ", expected a finite non-zero scale");
+      }
+      for (std::size_t i = 0; i < per_row; ++i)
+        t.data()[r * per_row + i] = static_cast<Scalar>(bin_.element(*v, b, r * per_row + i) / scale);
+    }
+  } else if (v->dtype == 3) {
+    throw format_error(var_where(v->name) + ": dtype int32, expected float32, float16, bfloat16, int8 or int16 weights");
+  } else {
+    for (std::size_t i = 0; i < n; ++i) t.data()[i] = static_cast<Scalar>(bin_.element(*v, b, i));
+  }
+  const std::ptrdiff_t bad = detail::first_non_finite(std::span<const Scalar>(t.data(), n));
+  if (bad >= 0) {
+    throw format_error(var_where(name) + ": " + detail::non_finite_name(t.data()[bad]) + " at element " + std::to_string(bad));
+  }
+  return t;
+}
+
 template <class Scalar>
 weight_map<Scalar> ct2_directory::read_weights() const {
+  if (decoder_only_spec()) return read_decoder_only_weights<Scalar>();
   const model_config& c = config_;
   const index_t d = d_;
   std::set<std::string> unused;
   for (const auto& [name, v] : bin_.variables()) unused.insert(name);
   for (const auto& [alias, target] : bin_.aliases()) unused.insert(alias);
   // Attributes parse() consumed.
+  for (const auto& a : consumed_) unused.erase(a);
   for (const char* s : {"num_heads", "pre_norm", "activation", "scale_embeddings"}) {
     unused.erase(std::string("encoder/") + s);
     unused.erase(std::string("decoder/") + s);
@@ -583,50 +873,7 @@ weight_map<Scalar> ct2_directory::read_weights() const {
                         "decoder/alignment_layer", "decoder/start_from_zero_embedding"})
     unused.erase(s);
 
-  // `name` as Scalar with exactly `dims` (int8/int16 divided by <name>_scale).
-  auto read = [&](const std::string& name, std::vector<index_t> dims) -> tensor<Scalar> {
-    const ct2_variable* v = bin_.find(name);
-    if (!v) throw format_error(var_where(name) + " is missing");
-    std::vector<index_t> got(v->dims.begin(), v->dims.end());
-    check_shape(var_where(name), std::span<const index_t>(got), std::span<const index_t>(dims));
-    unused.erase(name);
-    unused.erase(v->name);
-    tensor<Scalar> t{tensor_shape(std::span<const index_t>(dims))};
-    const std::vector<std::byte> b = bin_.bytes(*v);
-    const std::size_t n = static_cast<std::size_t>(t.size());
-    if (v->dtype == 1 || v->dtype == 2) {
-      // Quantised: value = q / scale (the converter stored round(w * scale)); one scale per row, or one.
-      const std::string sname = v->name + "_scale";
-      const ct2_variable* s = bin_.find(sname);
-      if (!s) throw format_error(var_where(v->name) + ": " + ct2_model_file::dtype_name(v->dtype) + " without " + sname);
-      const std::size_t rows = dims.empty() ? 1 : static_cast<std::size_t>(dims[0]);
-      const std::size_t scales = s->dims.empty() ? 1 : static_cast<std::size_t>(s->dims[0]);
-      if (s->dims.size() > 1 || (scales != 1 && scales != rows) || (s->dtype != 0 && s->dtype != 4 && s->dtype != 5)) {
-        throw shape_error(var_where(sname) + ": expected a float scalar or one float per row (" + std::to_string(rows) + ")");
-      }
-      unused.erase(sname);
-      const std::vector<std::byte> sb = bin_.bytes(*s);
-      const std::size_t per_row = rows ? n / rows : 0;
-      for (std::size_t r = 0; r < rows; ++r) {
-        const double scale = bin_.element(*s, sb, scales == 1 ? 0 : r);
-        if (!std::isfinite(scale) || scale == 0) {
-          throw format_error(var_where(sname) + ": element " + std::to_string(r) + " is " + std::to_string(scale) +
-                             ", expected a finite non-zero scale");
-        }
-        for (std::size_t i = 0; i < per_row; ++i)
-          t.data()[r * per_row + i] = static_cast<Scalar>(bin_.element(*v, b, r * per_row + i) / scale);
-      }
-    } else if (v->dtype == 3) {
-      throw format_error(var_where(v->name) + ": dtype int32, expected float32, float16, bfloat16, int8 or int16 weights");
-    } else {
-      for (std::size_t i = 0; i < n; ++i) t.data()[i] = static_cast<Scalar>(bin_.element(*v, b, i));
-    }
-    const std::ptrdiff_t bad = detail::first_non_finite(std::span<const Scalar>(t.data(), n));
-    if (bad >= 0) {
-      throw format_error(var_where(name) + ": " + detail::non_finite_name(t.data()[bad]) + " at element " + std::to_string(bad));
-    }
-    return t;
-  };
+  auto read = [&](const std::string& name, std::vector<index_t> dims) { return read_variable<Scalar>(name, dims, unused); };
   auto has = [&](const std::string& name) { return bin_.find(name) != nullptr; };
   weight_map<Scalar> w(bin_.path().string());
 
@@ -719,6 +966,70 @@ weight_map<Scalar> ct2_directory::read_weights() const {
   if (c.decoder_final_norm) norm("decoder/layer_norm", "transformer.decoder.norm");
   if (!unused.empty()) {
     throw format_error(var_where(*unused.begin()) + " is not used by an encoder-decoder TransformerSpec model (" +
+                       std::to_string(unused.size()) + " variable(s) not used)");
+  }
+  return w;
+}
+
+// Decoder-only mapping (ours as hf_directory's Llama and GPT-2 mappings):
+//   decoder/embeddings/weight -> tgt_embed.weight; decoder/projection/{weight,bias} -> generator.*
+//     (an alias of the embeddings: tied); decoder/position_encodings/encodings -> tgt_pos.weight
+//   layer_i/self_attention/linear_0 [d + 2 kv d_head, d]: rows q, k, v -> self_attn.in_proj_*
+//   layer_i/self_attention/linear_1 -> self_attn.out_proj; .../layer_norm -> norm1
+//   layer_i/ffn/linear_0 (gate), linear_0_noact (up), linear_1 (down) -> gate_proj, up_proj, down_proj
+//     (gated) or linear_0, linear_1 -> linear1, linear2 (dense); ffn/layer_norm -> norm3
+//   decoder/layer_norm -> transformer.decoder.norm (gamma only: RMSNorm)
+template <class Scalar>
+weight_map<Scalar> ct2_directory::read_decoder_only_weights() const {
+  const model_config& c = config_;
+  const index_t d = d_, rows = d + 2 * c.kv_heads() * c.d_head();
+  std::set<std::string> unused;
+  for (const auto& [name, v] : bin_.variables()) unused.insert(name);
+  for (const auto& [alias, target] : bin_.aliases()) unused.insert(alias);
+  for (const auto& a : consumed_) unused.erase(a);
+  auto read = [&](const std::string& name, std::vector<index_t> dims) { return read_variable<Scalar>(name, dims, unused); };
+  auto has = [&](const std::string& name) { return bin_.find(name) != nullptr; };
+  weight_map<Scalar> w(bin_.path().string());
+  w.insert("tgt_embed.weight", read("decoder/embeddings/weight", {vocab_rows_, d}));
+  if (c.tie_output) unused.erase("decoder/projection/weight");
+  else w.insert("generator.weight", read("decoder/projection/weight", {vocab_rows_, d}));
+  if (has("decoder/projection/bias")) w.insert("generator.bias", read("decoder/projection/bias", {vocab_rows_}));
+  if (c.positional == positional_encoding::learned) {
+    w.insert("tgt_pos.weight", read("decoder/position_encodings/encodings", {c.max_positions, d}));
+  }
+  const bool ln = c.norm == normalization::layer_norm;
+  auto norm = [&](const std::string& ct2, const std::string& ours) {
+    w.insert(ours + ".weight", read(ct2 + "/gamma", {d}));
+    if (ln) w.insert(ours + ".bias", read(ct2 + "/beta", {d}));  // RMSNorm: a beta is left unused, refused below
+  };
+  for (index_t i = 0; i < c.n_decoder_layers; ++i) {
+    const std::string p = "decoder/layer_" + std::to_string(i), o = "transformer.decoder.layers." + std::to_string(i);
+    w.insert(o + ".self_attn.in_proj_weight", read(p + "/self_attention/linear_0/weight", {rows, d}));  // rows q, k, v
+    if (c.attn_bias != attention_bias::none) {
+      w.insert(o + ".self_attn.in_proj_bias", read(p + "/self_attention/linear_0/bias", {rows}));
+    }
+    w.insert(o + ".self_attn.out_proj.weight", read(p + "/self_attention/linear_1/weight", {d, d}));
+    if (c.attn_bias == attention_bias::all) w.insert(o + ".self_attn.out_proj.bias", read(p + "/self_attention/linear_1/bias", {d}));
+    norm(p + "/self_attention/layer_norm", o + ".norm1");
+    if (c.ff == feed_forward_kind::gated) {  // no biases: any is left unused and refused below
+      w.insert(o + ".gate_proj.weight", read(p + "/ffn/linear_0/weight", {c.d_ff, d}));
+      w.insert(o + ".up_proj.weight", read(p + "/ffn/linear_0_noact/weight", {c.d_ff, d}));
+      w.insert(o + ".down_proj.weight", read(p + "/ffn/linear_1/weight", {d, c.d_ff}));
+    } else {
+      // A bias CTranslate2 may omit (LinearSpec.bias is optional): zeros compute the same.
+      auto bias_of = [&](const std::string& ct2, index_t out) {
+        return has(ct2 + "/bias") ? read(ct2 + "/bias", {out}) : tensor<Scalar>({out});
+      };
+      w.insert(o + ".linear1.weight", read(p + "/ffn/linear_0/weight", {c.d_ff, d}));
+      w.insert(o + ".linear1.bias", bias_of(p + "/ffn/linear_0", c.d_ff));
+      w.insert(o + ".linear2.weight", read(p + "/ffn/linear_1/weight", {d, c.d_ff}));
+      w.insert(o + ".linear2.bias", bias_of(p + "/ffn/linear_1", d));
+    }
+    norm(p + "/ffn/layer_norm", o + ".norm3");
+  }
+  norm("decoder/layer_norm", "transformer.decoder.norm");
+  if (!unused.empty()) {
+    throw format_error(var_where(*unused.begin()) + " is not used by a decoder-only TransformerDecoderSpec model (" +
                        std::to_string(unused.size()) + " variable(s) not used)");
   }
   return w;
