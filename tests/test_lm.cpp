@@ -364,7 +364,7 @@ TEST(Lm, ConfigRoundTrip) {
   EXPECT_TRUE(scaled.config().tie_output);
   // gpt2: learned positions from 0 (no offset), LayerNorm, dense gelu_tanh; mixtral: gated experts in a top_k MoE.
   for (const char* name : {"gpt2", "mixtral"}) {
-    const auto& cfg = ef::io::hf_directory(lm_root() / name).config();
+    const auto cfg = ef::io::hf_directory(lm_root() / name).config();  // a copy: the directory is a temporary
     EXPECT_EQ(ef::model_config::from_json(cfg.to_json()).to_json(), cfg.to_json()) << name;
   }
   const auto gpt2 = ef::io::hf_directory(lm_root() / "gpt2").config();

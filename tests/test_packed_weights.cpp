@@ -282,7 +282,10 @@ TEST(PackedWeights, ModelsAtEachTypeStayNearFloat32) {
       std::printf("[ measured ] %s %s: largest |log-prob - float32| %.3e, greedy outputs identical %d/%zu, weights %.1f%% of float32's bytes\n",
                   c.name.c_str(), ef::weight_type_name(t), worst, same, src.size(),
                   100.0 * double(m.weight_bytes()) / double(reference_model.weight_bytes()));
-      EXPECT_GT(worst, 0.0);
+      // A reduced type must change something (a layer left unconverted changes nothing) -- except
+      // float16 on the G2P models, whose file stores F16 weights: converting them to float16 is exact,
+      // and the portable build (same summation order as float32) then measures 0.
+      if (t != weight_type::float16 || c.name.rfind("g2p", 0) != 0) EXPECT_GT(worst, 0.0);
       EXPECT_LT(worst, c.bound[ti]);
     }
   }
