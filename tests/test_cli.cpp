@@ -728,6 +728,23 @@ TEST(Cli, DecoderOnlyScoreAndGenerate) {
                2, "a decoder-only model scores --tgt-file alone");
 }
 
+// `translate` on a Llama folder with tokenizer.model: text prompts in, transformers' greedy
+// continuations out (tests/fixtures/lm/llama_text/greedy.txt), from a file and from standard input in
+// batches of 3 (4 prompts: a second batch of one). Catches: prompts echoed, lines out of order across
+// batches, the tool refusing a decoder-only model's text.
+TEST(Cli, TranslateContinuesLlamaPrompts) {
+  const std::string dir = (fixture_root() / "lm" / "llama_text").string();
+  const std::string want = read_file(fixture_root() / "lm" / "llama_text" / "greedy.txt");
+  auto r = run("translate --model " + dir + " --src-file " + fixture("lm/llama_text", "prompts.txt") + " --max-new-tokens 12");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, want);
+  r = run("translate --model " + dir + " --max-new-tokens 12 --batch-size 3 < " + fixture("lm/llama_text", "prompts.txt"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, want);
+  expect_error(run("translate --model " + dir + " --tgt-lang de --src-file " + fixture("lm/llama_text", "prompts.txt")), 1,
+               "--tgt-lang");
+}
+
 namespace {
 
 /// One row of `score --summary`: line (1-based, or "all"), predicted tokens, mean NLL, perplexity.

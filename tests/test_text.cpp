@@ -105,6 +105,65 @@ TEST(Tokenizer, NllbEncodesAndDecodesAsTransformers) {
   for (std::size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(old.encode(texts[i]), want_legacy[i]) << "line " << i;
 }
 
+// Llama's tokenizer (tests/fixtures/lm/llama_text, tools/hf/make_llama_text_fixture.py): a BPE
+// SentencePiece model with byte fallback, saved by transformers' LlamaTokenizer with "legacy": false.
+// Catches: no <s> (add_bos_token), the dummy prefix given to every stretch in non-legacy mode or to
+// none in legacy mode (the " a leading space", "stop </s> inside" and "<s>starts with bos" lines
+// differ between the two), a literal "</s>" or "<s>" read as text instead of as its token, byte
+// pieces (<0xF0> ... for the emoji and CJK) mapped to <unk>, a "▁" for the empty line.
+TEST(Tokenizer, LlamaEncodesAndDecodesAsTransformers) {
+  const fs::path dir = fixture_root() / "lm" / "llama_text";
+  const auto texts = text_lines(dir / "text.txt");
+  const tokenizer t = tokenizer::load(dir);
+  EXPECT_EQ(t.family(), ef::text::tokenizer_family::llama);
+  const auto want = id_lines(dir / "ids.txt");
+  ASSERT_EQ(texts.size(), want.size());
+  for (std::size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(t.encode(texts[i]), want[i]) << "line " << i << ": " << texts[i];
+
+  const auto ids = id_lines(dir / "decode_ids.txt");
+  const auto decoded = text_lines(dir / "decode.txt");
+  ASSERT_EQ(ids.size(), decoded.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(t.decode(ids[i]), decoded[i]) << "line " << i;
+
+  const fs::path legacy = fs::path(EIGENFORMER_TEST_TMP) / "text" / "llama_legacy";
+  fs::remove_all(legacy);
+  fs::create_directories(legacy.parent_path());
+  fs::copy(dir, legacy, fs::copy_options::recursive);
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(legacy / "tokenizer_config.json"));
+  config["legacy"] = true;
+  std::ofstream(legacy / "tokenizer_config.json") << config.dump();
+  const tokenizer old = tokenizer::load(legacy);
+  const auto want_legacy = id_lines(dir / "legacy_ids.txt");
+  ASSERT_EQ(texts.size(), want_legacy.size());
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    EXPECT_EQ(old.encode(texts[i]), want_legacy[i]) << "legacy line " << i << ": " << texts[i];
+    differ += want[i] != want_legacy[i];
+  }
+  EXPECT_GT(differ, 0u) << "the fixture no longer tells legacy from non-legacy tokenization";
+  expect_throw<ef::invalid_argument>([&] { (void)tokenizer::load(dir, {.source = "en"}); }, {"--src-lang", "no language"});
+}
+
+// A Llama model with its tokenizer.model continues text prompts as transformers' greedy generate()
+// and decode(new ids, skip_special_tokens=True) do (greedy_ids.txt, greedy.txt). Catches: the prompt
+// printed with the continuation, the prompt's <s> missing (other logits, other ids), the prefix
+// space of the first new piece kept, ends stripped.
+TEST(Translator, LlamaContinuesTextPrompts) {
+  const fs::path dir = fixture_root() / "lm" / "llama_text";
+  const translator t(dir);
+  ASSERT_TRUE(t.model().config().decoder_only());
+  const auto prompts = text_lines(dir / "prompts.txt");
+  ef::generation_options o;
+  o.max_new_tokens = 12;
+  std::vector<std::vector<token_id>> ids;
+  for (const auto& p : prompts) ids.push_back(t.encode(p));
+  const auto results = t.generate(ids, o);
+  const auto want_ids = id_lines(dir / "greedy_ids.txt");
+  ASSERT_EQ(results.size(), want_ids.size());
+  for (std::size_t i = 0; i < results.size(); ++i) EXPECT_EQ(results[i].best().tokens, want_ids[i]) << "prompt " << i;
+  EXPECT_EQ(t.translate(prompts, o), text_lines(dir / "greedy.txt"));
+}
+
 // decode(ids) equals transformers' batch_decode(skip_special_tokens=True). Catches: special or
 // language tokens left in, "▁" left in the text, pieces of the source side's vocabulary, no strip.
 TEST(Tokenizer, DecodesAsTransformers) {

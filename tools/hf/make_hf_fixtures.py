@@ -1042,8 +1042,8 @@ def generate_all(out_dir, only):
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     if os.path.isdir(out_dir):
-        for entry in os.listdir(out_dir):       # keep README.md, replace everything else
-            if entry == "README.md":
+        for entry in os.listdir(out_dir):       # keep README.md and nllb_tokenizer/ (make_nllb_tokenizer_fixture.py's)
+            if entry in ("README.md", "nllb_tokenizer"):
                 continue
             p = os.path.join(out_dir, entry)
             shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)

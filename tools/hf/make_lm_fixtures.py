@@ -738,7 +738,7 @@ def tree_digest(path, skip=("README.md",)):
         for f in sorted(fs):
             p = os.path.join(r, f)
             rel = os.path.relpath(p, path)
-            if rel in skip:
+            if rel in skip or rel.split(os.sep)[0] == "llama_text":  # make_llama_text_fixture.py's
                 continue
             h.update(rel.encode() + b"\0")
             with open(p, "rb") as fh:
@@ -750,8 +750,8 @@ def generate_all(out_dir, only):
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     if os.path.isdir(out_dir):
-        for entry in os.listdir(out_dir):       # keep README.md, replace everything else
-            if entry == "README.md":
+        for entry in os.listdir(out_dir):       # keep README.md and llama_text/ (make_llama_text_fixture.py's)
+            if entry in ("README.md", "llama_text"):
                 continue
             p = os.path.join(out_dir, entry)
             shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)

@@ -14,18 +14,29 @@
 // | MBartTokenizer(Fast) | sentencepiece.bpe.model | pieces </s> src_lang | decoder start token = tgt_lang |
 // | M2M100Tokenizer | sentencepiece.bpe.model, vocab.json | __src__ pieces </s> | forced first token __tgt__ |
 // | NllbTokenizer(Fast) | sentencepiece.bpe.model | src_lang pieces </s> (legacy_behaviour: pieces </s> src_lang) | forced first token tgt_lang |
+// | LlamaTokenizer(Fast) | tokenizer.model | [<s>] pieces [</s>] (add_bos_token, add_eos_token) | none: a decoder-only model's text is its prompt |
 //
 // Pieces are SentencePiece's segmentation; a piece maps to its id through the vocabulary, an
-// unknown piece to the unknown token. The vocabulary (id -> token) is vocab.json (Marian, M2M100) or
+// unknown piece to the unknown token. The vocabulary (id -> token) is vocab.json (Marian, M2M100),
 // fairseq's layout over the SentencePiece model (mBART, NLLB: <s> <pad> </s> <unk>, then piece i at
-// id i + 1), with tokenizer_config.json's "added_tokens_decoder" (id -> token: the special tokens and
+// id i + 1) or the SentencePiece model's own ids (Llama: piece i at id i, byte pieces included), with tokenizer_config.json's "added_tokens_decoder" (id -> token: the special tokens and
 // language codes; transformers >= 4.34 writes it) laid over it. A CTranslate2 directory gives its
 // own vocabulary (shared_vocabulary.* or source_/target_vocabulary.*) and takes the tokenizer files
 // copied beside model.bin (ct2-transformers-converter --copy_files tokenizer_config.json source.spm ...).
 //
+// Llama (LlamaTokenizer, transformers 4.46): the text is first split at the added tokens
+// (added_tokens_decoder: a literal "</s>" in a prompt is that token, as in transformers); each
+// stretch between them is SentencePiece's segmentation. With "legacy": true (transformers' default)
+// every stretch is encoded alone, SentencePiece's dummy prefix "▁" included; with "legacy": false
+// only the text's start gets a "▁" (add_prefix_space) and a stretch that follows an added token gets
+// none, which is computed as transformers does: encode "<unk>" + stretch and drop the pieces of
+// "<unk>". Decoding drops the first piece's "▁" (add_prefix_space) and lets SentencePiece join the
+// pieces (byte pieces <0xNN> become their bytes); the ends are not stripped.
+//
 // Decoding drops special tokens (transformers' skip_special_tokens=True), then joins the pieces as
-// the family does (Marian, M2M100: SentencePiece's decode; mBART, NLLB: "▁" to space), strips the
-// ends, and applies clean_up_tokenization_spaces when tokenizer_config.json asks for it.
+// the family does (Marian, M2M100: SentencePiece's decode; mBART, NLLB: "▁" to space; Llama: above),
+// strips the ends (not Llama), and applies clean_up_tokenization_spaces when tokenizer_config.json
+// asks for it.
 #pragma once
 
 #include <algorithm>
@@ -54,7 +65,7 @@
 namespace eigenformer::text {
 
 /// Whose rules the tokenizer follows (tokenizer_config.json's tokenizer_class).
-enum class tokenizer_family { marian, mbart, m2m100, nllb };
+enum class tokenizer_family { marian, mbart, m2m100, nllb, llama };
 
 inline const char* family_name(tokenizer_family f) noexcept {
   switch (f) {
@@ -62,6 +73,7 @@ inline const char* family_name(tokenizer_family f) noexcept {
     case tokenizer_family::mbart: return "MBartTokenizer";
     case tokenizer_family::m2m100: return "M2M100Tokenizer";
     case tokenizer_family::nllb: return "NllbTokenizer";
+    case tokenizer_family::llama: return "LlamaTokenizer";
   }
   return "?";
 }
@@ -125,6 +137,8 @@ class tokenizer {
     const auto id = src_.find(token);
     return id ? *id : src_unk_;
   }
+  /// Llama: the pieces of `text` as LlamaTokenizer gives them (see the top).
+  void llama_pieces(std::string_view text, std::vector<std::string>& tokens) const;
 
   tokenizer_family family_ = tokenizer_family::marian;
   std::filesystem::path dir_;
@@ -138,6 +152,11 @@ class tokenizer {
   bool nllb_legacy_ = false;       // NLLB's legacy_behaviour: the language code after </s>
   bool add_bos_ = false, add_eos_ = false;  // CTranslate2 config.json add_source_bos / add_source_eos
   bool clean_up_spaces_ = false;  // clean_up_tokenization_spaces
+  // Llama only:
+  bool llama_legacy_ = true;             // tokenizer_config.json "legacy" (transformers' default: true)
+  bool add_prefix_space_ = true;         // "add_prefix_space"
+  std::size_t unk_pieces_ = 0;           // how many pieces SentencePiece makes of the unknown token's text
+  std::vector<std::string> added_texts_; // added_tokens_decoder's contents: the text splits at them
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -235,6 +254,13 @@ inline vocabulary fairseq_vocabulary(const sentencepiece_model& sp) {
   return v;
 }
 
+/// The SentencePiece model's own ids (Llama): piece i at id i; control and unknown pieces special.
+inline vocabulary sentencepiece_vocabulary(const sentencepiece_model& sp) {
+  vocabulary v;
+  for (index_t i = 0; i < sp.size(); ++i) set_token(v, static_cast<token_id>(i), sp.piece(i), sp.is_control(i) || sp.is_unknown(i));
+  return v;
+}
+
 }  // namespace detail_text
 
 inline tokenizer tokenizer::load(const std::filesystem::path& dir, const languages& langs) {
@@ -272,9 +298,12 @@ inline tokenizer tokenizer::load(const std::filesystem::path& dir, const languag
     t.family_ = tokenizer_family::m2m100;
   } else if (*cls == "NllbTokenizer" || *cls == "NllbTokenizerFast") {
     t.family_ = tokenizer_family::nllb;
+  } else if (*cls == "LlamaTokenizer" || *cls == "LlamaTokenizerFast") {
+    t.family_ = tokenizer_family::llama;  // the fast one computes what the slow one does from tokenizer.model
   } else {
     throw config_error(where + "tokenizer_class: " + detail::quote_text(detail::text_excerpt(*cls)) +
-                       " is not supported (MarianTokenizer, MBartTokenizer, M2M100Tokenizer, NllbTokenizer)");
+                       " is not supported (MarianTokenizer, MBartTokenizer, M2M100Tokenizer, NllbTokenizer, "
+                       "LlamaTokenizer)");
   }
   if (t.family_ == tokenizer_family::marian && flag("separate_vocabs", false)) {
     throw config_error(where + "separate_vocabs: true is not supported (one vocab.json for both sides)");
@@ -284,11 +313,20 @@ inline tokenizer tokenizer::load(const std::filesystem::path& dir, const languag
   t.bos_token_ = str("bos_token").value_or("<s>");
   t.clean_up_spaces_ = flag("clean_up_tokenization_spaces", false);
   t.nllb_legacy_ = t.family_ == tokenizer_family::nllb && flag("legacy_behaviour", false);
+  const bool llama = t.family_ == tokenizer_family::llama;
+  if (llama) {
+    t.llama_legacy_ = flag("legacy", true);
+    t.add_prefix_space_ = flag("add_prefix_space", true);
+    t.add_bos_ = flag("add_bos_token", true);
+    t.add_eos_ = flag("add_eos_token", false);
+  }
 
   // SentencePiece models.
   if (t.family_ == tokenizer_family::marian) {
     t.source_sp_.emplace(dir / "source.spm");
     t.target_sp_.emplace(dir / "target.spm");
+  } else if (llama) {
+    t.source_sp_.emplace(dir / "tokenizer.model");
   } else {
     t.source_sp_.emplace(dir / "sentencepiece.bpe.model");
   }
@@ -312,8 +350,12 @@ inline tokenizer tokenizer::load(const std::filesystem::path& dir, const languag
       const auto it = cc.is_object() ? cc.find(key) : cc.end();
       return it != cc.end() && it->is_boolean() && it->get<bool>();
     };
-    t.add_bos_ = ct2_flag("add_source_bos");
-    t.add_eos_ = ct2_flag("add_source_eos");
+    if (!llama) {  // a decoder-only conversion keeps the tokenizer's own add_bos_token / add_eos_token
+      t.add_bos_ = ct2_flag("add_source_bos");
+      t.add_eos_ = ct2_flag("add_source_eos");
+    }
+  } else if (llama) {
+    t.src_ = detail_text::sentencepiece_vocabulary(*t.source_sp_);
   } else if (t.family_ == tokenizer_family::marian || t.family_ == tokenizer_family::m2m100) {
     t.src_ = detail_text::read_vocab_json(dir / "vocab.json");
   } else {
@@ -345,8 +387,9 @@ inline tokenizer tokenizer::load(const std::filesystem::path& dir, const languag
       } else {
         detail_text::set_token(t.src_, id, *text, special);
       }
+      if (!text->empty()) t.added_texts_.push_back(*text);
     }
-  } else if (t.family_ != tokenizer_family::marian) {
+  } else if (t.family_ != tokenizer_family::marian && !llama) {
     throw config_error(where + "added_tokens_decoder: missing (it gives the ids of the special and language tokens; "
                                "re-save the tokenizer with transformers >= 4.34)");
   }
@@ -368,8 +411,16 @@ inline tokenizer tokenizer::load(const std::filesystem::path& dir, const languag
     if (t.family_ == tokenizer_family::m2m100) return "__" + lang + "__";
     return lang;
   };
-  const bool multilingual = t.family_ != tokenizer_family::marian;
-  if (!multilingual) {
+  const bool multilingual = t.family_ != tokenizer_family::marian && !llama;
+  if (llama) {
+    if (!langs.source.empty() || !langs.target.empty()) {
+      throw invalid_argument(langs.source.empty() ? "--tgt-lang" : "--src-lang",
+                             "a Llama-family model continues its prompt: it takes no language");
+    }
+    if (!t.llama_legacy_) t.unk_pieces_ = t.source_sp_->encode(t.unk_token_).size();
+    if (t.added_texts_.empty()) t.added_texts_ = special_texts;  // no added_tokens_decoder: the special tokens
+    std::erase_if(t.added_texts_, [](const std::string& s) { return s.empty(); });
+  } else if (!multilingual) {
     if (!langs.source.empty()) {
       throw invalid_argument("--src-lang", "a Marian model has one source language (its tokenizer takes none)");
     }
@@ -416,6 +467,11 @@ inline std::vector<std::string> tokenizer::source_tokens(std::string_view text) 
   if (family_ == tokenizer_family::m2m100 || (family_ == tokenizer_family::nllb && !nllb_legacy_)) {
     tokens.push_back(source_lang_token_);
   }
+  if (family_ == tokenizer_family::llama) {
+    llama_pieces(text, tokens);
+    if (add_eos_) tokens.push_back(eos_token_);
+    return tokens;
+  }
   std::string body(text);
   if (family_ == tokenizer_family::marian) {
     // MarianTokenizer: a ">>xx<<" opening the text is a token of its own (the target language of a
@@ -446,6 +502,47 @@ inline std::vector<std::string> tokenizer::source_tokens(std::string_view text) 
   return tokens;
 }
 
+inline void tokenizer::llama_pieces(std::string_view text, std::vector<std::string>& tokens) const {
+  if (text.empty()) return;  // transformers: no pieces, not even the prefix space
+  // transformers' non-legacy tokenize(): "▁" in the text reads as a space, and the text opens with "▁"
+  std::string body;
+  if (!llama_legacy_ && add_prefix_space_) body = "\xe2\x96\x81";
+  body += text;
+  const std::size_t first_piece = tokens.size();
+  // SentencePiece's pieces of one stretch of text between added tokens
+  const auto encode_stretch = [&](std::string_view stretch) {
+    if (stretch.empty()) return;
+    if (llama_legacy_) {
+      for (auto& p : source_sp_->encode(stretch)) tokens.push_back(std::move(p));
+      return;
+    }
+    // no dummy prefix: "<unk>" + stretch, the pieces of "<unk>" dropped (transformers' own method)
+    auto pieces = source_sp_->encode(unk_token_ + std::string(stretch));
+    const std::size_t skip = pieces.size() >= unk_pieces_ ? unk_pieces_ : 0;
+    for (std::size_t i = skip; i < pieces.size(); ++i) tokens.push_back(std::move(pieces[i]));
+  };
+  std::size_t start = 0;
+  for (std::size_t i = 0; i < body.size();) {
+    std::size_t longest = 0;  // the longest added token starting at i
+    for (const auto& a : added_texts_)
+      if (a.size() > longest && body.compare(i, a.size(), a) == 0) longest = a.size();
+    if (longest == 0) {
+      ++i;
+      continue;
+    }
+    encode_stretch(std::string_view(body).substr(start, i - start));
+    tokens.push_back(body.substr(i, longest));
+    i += longest;
+    start = i;
+  }
+  encode_stretch(std::string_view(body).substr(start));
+  // non-legacy: a lone "▁" before an added token that opens the text is dropped
+  if (!llama_legacy_ && tokens.size() > first_piece + 1 && tokens[first_piece] == "\xe2\x96\x81" &&
+      std::find(added_texts_.begin(), added_texts_.end(), tokens[first_piece + 1]) != added_texts_.end()) {
+    tokens.erase(tokens.begin() + static_cast<std::ptrdiff_t>(first_piece));
+  }
+}
+
 inline std::vector<token_id> tokenizer::encode(std::string_view text) const {
   const auto tokens = source_tokens(text);
   std::vector<token_id> ids;
@@ -467,6 +564,20 @@ inline std::string tokenizer::decode(std::span<const token_id> ids) const {
     }
   }
   std::string text;
+  if (family_ == tokenizer_family::llama) {
+    // LlamaTokenizer.convert_tokens_to_string: the prefix space it adds is taken off the first piece,
+    // then SentencePiece joins the pieces (and drops its own dummy prefix from a first piece that
+    // starts with "▁"). A first piece that is "▁" alone would become empty, which SentencePiece
+    // versions join differently (0.2.0, transformers' own: the next piece keeps its space); left
+    // whole, SentencePiece drops its "▁" as the dummy prefix, which is the same text on every version.
+    const std::string_view space = "\xe2\x96\x81";
+    if (add_prefix_space_ && !pieces.empty() && pieces.front().starts_with(space) && pieces.front() != space) {
+      pieces.front().erase(0, space.size());
+    }
+    text = source_sp_->decode(pieces);
+    if (clean_up_spaces_) text = detail_text::clean_up_tokenization(std::move(text));
+    return text;
+  }
   if (family_ == tokenizer_family::marian || family_ == tokenizer_family::m2m100) {
     text = (target_sp_ ? *target_sp_ : *source_sp_).decode(pieces);
   } else {
