@@ -65,8 +65,7 @@ void small_batch_linear(const Scalar* x, index_t ldx, index_t n, const Scalar* w
                         const Scalar* bias, Scalar* y, index_t ldy) {
   constexpr index_t R = 4;  // weight rows per block
   const index_t blocks = (out + R - 1) / R;
-  const double work = double(n) * double(out) * double(in);
-  const int threads = work >= parallel_work_threshold ? std::max(1, num_threads()) : 1;
+  const int threads = product_threads(double(n) * double(out) * double(in), double(out) * double(in) * sizeof(Scalar));
   if (n == 1) {
     // One input: Eigen's row-major GEMV kernel streams faster than the loop below; we only split
     // its rows across threads (Eigen never threads a GEMV).

@@ -284,8 +284,8 @@ class packed_matrix {
   }
 
   int threads_for(index_t n, index_t count) const {
-    const double work = double(n) * double(count) * double(cols_);
-    return work >= parallel_work_threshold ? std::max(1, num_threads()) : 1;
+    const double bytes_per_weight = type_ == weight_type::int8 ? 1.0 : 2.0;
+    return product_threads(double(n) * double(count) * double(cols_), double(count) * double(cols_) * bytes_per_weight);
   }
 
   // 16-bit weights, n <= 8 inputs: per block of 4 rows, chunks of widen_chunk columns are widened

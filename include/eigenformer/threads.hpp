@@ -72,6 +72,16 @@ inline void set_num_threads(int n) {
 /// for its feed-forward and output projections.
 inline constexpr double parallel_work_threshold = 2e6;
 
+/// Weight bytes a product of a few rows (a decode step's matrix-vector products) must stream before
+/// it forks, whatever its multiply-adds: such a product is bound by memory, and a second core reads
+/// more of it per microsecond (one thread read 19 GB/s on the development machine; the host
+/// gave 38.8 on one thread and 46.5 on two). 512 KiB is ~25 microseconds of reading on one thread,
+/// several times a fork's cost on an idle machine. Measured in docs/performance.md ("Threads").
+inline constexpr double parallel_stream_bytes = 512.0 * 1024.0;
+
+/// Threads for a product of `macs` multiply-adds that streams `weight_bytes` of weights.
+inline int product_threads(double macs, double weight_bytes);
+
 /// Threads the library's parallel sections use now, on any calling thread: set_num_threads()'s
 /// count, else OpenMP's default; never more than hardware_threads().
 inline int num_threads() {
@@ -81,6 +91,10 @@ inline int num_threads() {
 #else
   return 1;
 #endif
+}
+
+inline int product_threads(double macs, double weight_bytes) {
+  return macs >= parallel_work_threshold || weight_bytes >= parallel_stream_bytes ? std::max(1, num_threads()) : 1;
 }
 
 }  // namespace eigenformer
