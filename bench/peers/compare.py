@@ -39,14 +39,19 @@ What it does, in one run:
    for 16) / 64, so process start, model loading and encoding cancel. eigenformer runs through its
    CLI (`generate --weights float32|bfloat16|int8 --threads T --batch-size B`), CTranslate2
    in-process (Translator(compute_type=..., intra_threads=T).translate_batch). Batch 1 and 8,
-   threads 1 and 2, median of 3 rounds. `--quick`: batch 1 and 8 at 1 thread, lengths 16 and 48,
-   2 rounds (about 4 minutes in all). Wall times are the result; the CPU time per step is shown
+   threads 1 and 2, 3 rounds: per step = (fastest long run - fastest short run) / steps between them
+   (noise only adds time). `--quick`: batch 1 and 8 at 1 thread, lengths 16 and 48,
+   2 rounds. Also beam 4 (one source, per step from the same two lengths) and the encoder
+   (a batch of 128-token sources encoded plus one step, per batch from 33 (batch 1) or 5 (batch 8)
+   batches minus one), for
+   every engine and type at each batch size and thread count. Wall times are the result; the CPU time per step is shown
    beside them (steadier on a busy machine, for one thread). Before timing it waits (up to
    --idle-wait seconds, 120 by default, 30 with --quick) for the machine to be idle (>= 90 % idle
    CPU over 1 s in /proc/stat); if it is not, it proceeds and prints a WARNING: the timings are
    then noisy. It checks /proc/stat again after the timing and warns likewise.
 6. Prints a table: ms per step and per token (step / batch) for each engine, type, batch and thread
-   count, the ratio to CTranslate2 of the same type and the ratio to the floor; and as its last line
+   count, the ratio to CTranslate2 of the same type and the ratio to the floor; a second table for
+   beam 4 and the encoder with the ratio to CTranslate2; and as its last line
 
        eigenformer/ctranslate2 fp32 = A, int8 = B, bf16 = C, eigenformer/floor fp32 = D, int8 = E
 
@@ -58,7 +63,6 @@ Exit status 1 when the float32 outputs disagree (other than at a near-tie), 0 ot
 import argparse
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,6 +81,7 @@ from ctranslate2.specs import common_spec, transformer_spec  # noqa: E402
 D_MODEL, N_HEADS, D_FF, VOCAB = 512, 8, 2048, 32000
 PAD, BOS, EOS = 0, 1, 2
 SRC_LEN = 32
+ENC_SRC_LEN = 128         # the encoder rows: sources of this length, enc_repeat(batch) batches minus one
 CHECK_LINES = 8
 NEAR_TIE = 1e-3          # logit margin under which two correct float32 engines may pick differently
 UNRELIABLE_NATS = 0.3    # mean |log-prob(int8) - log-prob(float32)| above which CTranslate2 int8 is
@@ -185,16 +190,16 @@ class Eigenformer:
         self.cli, self.model, self.work = cli, model_path, work
 
     def _src_file(self, src):
-        path = os.path.join(self.work, f"src{len(src)}.txt")
+        path = os.path.join(self.work, f"src{len(src)}x{len(src[0]) if src else 0}.txt")
         with open(path, "w") as f:
             f.writelines(" ".join(map(str, s)) + "\n" for s in src)
         return path
 
-    def generate(self, src, n, weights, threads, batch):
+    def generate(self, src, n, weights, threads, batch, beam=1):
         """(ids per line, wall seconds, CPU seconds) of one `eigenformer generate` process."""
         cmd = [self.cli, "generate", "--model", self.model, "--src-file", self._src_file(src),
                "--max-new-tokens", str(n), "--weights", weights, "--threads", str(threads),
-               "--batch-size", str(batch)]
+               "--batch-size", str(batch), "--beam-size", str(beam)]
         c = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -231,11 +236,11 @@ class CT2:
                                                       intra_threads=threads)
         return self.loaded[key]
 
-    def generate(self, src, n, compute_type, threads, batch):
+    def generate(self, src, n, compute_type, threads, batch, beam=1):
         tr = self.translator(compute_type, threads)
         tokens = [[str(t) for t in s] for s in src]
         c, t = time.process_time(), time.perf_counter()      # this process: CTranslate2's threads
-        res = tr.translate_batch(tokens, beam_size=1, max_decoding_length=n, max_batch_size=batch)
+        res = tr.translate_batch(tokens, beam_size=beam, max_decoding_length=n, max_batch_size=batch)
         dt, cpu = time.perf_counter() - t, time.process_time() - c
         return [[int(x) for x in r.hypotheses[0]] for r in res], dt, cpu
 
@@ -366,6 +371,19 @@ def wait_for_idle(limit_s):
         time.sleep(2)
 
 
+def per_unit(runs):
+    """Time per unit (step, batch) from rounds of (short run, long run, units between them): the
+    fastest long run minus the fastest short run. Noise only adds time (another process, a page
+    fault, a slow process start), so the minimum of each length is the steadiest estimate; the
+    per-round differences give the spread."""
+    return (min(r[1] for r in runs) - min(r[0] for r in runs)) / runs[0][2]
+
+
+def enc_repeat(batch):
+    """Batches per long encoder run: about 32 sources more than the short run's one batch."""
+    return 1 + max(4, 32 // batch)
+
+
 def fmt(x, digits=2):
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -381,7 +399,7 @@ def main():
     ap.add_argument("--threads", default=None, help="thread counts to time, e.g. 1,2")
     ap.add_argument("--batches", default="1,8", help="batch sizes to time (default 1,8)")
     ap.add_argument("--lengths", default=None, help="short,long new tokens (default 16,80)")
-    ap.add_argument("--rounds", type=int, default=None, help="timing rounds, median taken (3)")
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds, fastest of each length taken (3)")
     ap.add_argument("--idle-wait", type=float, default=None, help="seconds to wait for an idle "
                     "machine before timing anyway (120; 30 with --quick)")
     ap.add_argument("--output-scale", type=float, default=4.0,
@@ -476,12 +494,16 @@ def main():
     engines = [("eigenformer", w) for w in ("float32", "bfloat16", "int8")] + \
               [("ctranslate2", ct) for ct in ct2_types]
     configs = [(e, w, b, th) for th in threads for b in batches for e, w in engines]
-    log(f"\ntiming: {len(configs)} configurations x {rounds} rounds, {SRC_LEN}-token sources, "
-        f"{n_short} and {n_long} new tokens")
+    extra = [("beam4", e, w, 1, th) for th in threads for e, w in engines] + \
+            [("encoder", e, w, b, th) for th in threads for b in batches for e, w in engines]
+    extra_t = {c: [] for c in extra}
+    log(f"\ntiming: {len(configs)} greedy configurations x {rounds} rounds, {SRC_LEN}-token sources, "
+        f"{n_short} and {n_long} new tokens; {len(extra)} beam-4 and encoder configurations")
     idle = wait_for_idle(idle_wait)
     bw_before = read_bandwidth()
     src = [torch.randint(3, VOCAB, (SRC_LEN,), generator=gen).tolist() for _ in range(max(batches))]
     diffs = {c: [] for c in configs}
+    enc_src = [torch.randint(3, VOCAB, (ENC_SRC_LEN,), generator=gen).tolist() for _ in range(max(batches))]
     cpu_diffs = {c: [] for c in configs}
     short_lens = set()
     for r in range(rounds):
@@ -492,9 +514,23 @@ def main():
             (ids_s, t_s, cpu_s), (ids_l, t_l, cpu_l) = run(n_short), run(n_long)
             short_lens |= {len(x) for x in ids_s} ^ {n_short}
             short_lens |= {len(x) for x in ids_l} ^ {n_long}
-            diffs[c].append((t_l - t_s) / (n_long - n_short))
-            cpu_diffs[c].append((cpu_l - cpu_s) / (n_long - n_short))
+            diffs[c].append((t_s, t_l, n_long - n_short))
+            cpu_diffs[c].append((cpu_s, cpu_l, n_long - n_short))
             time.sleep(0.2)                   # let CTranslate2's OpenMP threads go back to sleep
+        for c in extra:
+            kind, e, w, b, th = c
+            gen_fn = eig.generate if e == "eigenformer" else ct2.generate
+            if kind == "beam4":
+                # per step of a beam-4 search of one source: the difference of two output lengths
+                (_, t_s, _), (_, t_l, _) = (gen_fn(src[:1], n, w, th, 1, beam=4) for n in (n_short, n_long))
+                extra_t[c].append((t_s, t_l, n_long - n_short))
+            else:
+                # encoder + one step for a batch of b sources of ENC_SRC_LEN: ENC_REPEAT batches
+                # minus one batch, so process start and loading cancel
+                one, k = enc_src[:b], enc_repeat(b)
+                (_, t_1, _), (_, t_n, _) = (gen_fn(one * r, 1, w, th, b) for r in (1, k))
+                extra_t[c].append((t_1, t_n, k - 1))
+            time.sleep(0.2)
         log(f"  round {r + 1}/{rounds} done ({time.time() - t_start:.0f} s)")
     ct2.close()
     bw_after = read_bandwidth()
@@ -513,8 +549,8 @@ def main():
         log(f"WARNING: after timing the machine was {100 * idle_after:.0f} % idle: other load")
 
     # 6. table
-    step = {c: statistics.median(v) * 1e3 for c, v in diffs.items()}
-    cpu_step = {c: statistics.median(v) * 1e3 for c, v in cpu_diffs.items()}
+    step = {c: per_unit(v) * 1e3 for c, v in diffs.items()}
+    cpu_step = {c: per_unit(v) * 1e3 for c, v in cpu_diffs.items()}
 
     def ct2_peer(c):
         e, w, b, th = c
@@ -525,7 +561,7 @@ def main():
         f"{'cpu ms':>7s} {'spread':>7s} {'vs CT2':>7s} {'vs floor':>8s}")
     for c in configs:
         e, w, b, th = c
-        v = diffs[c]
+        v = [(b_ - a_) / d_ for a_, b_, d_ in diffs[c]]
         peer = ct2_peer(c)
         vs_ct2 = step[c] / peer if (peer and e == "eigenformer") else None
         vs_floor = step[c] / floor[KIND[w]]
@@ -535,8 +571,22 @@ def main():
             f"{fmt(vs_ct2):>7s} {vs_floor:8.2f}")
     log("(ms/step: wall time of one greedy step for the whole batch; ms/token = ms/step / batch; cpu ms:"
         " CPU time per step, all threads, which on a busy machine is steadier than wall time; spread:"
-        " (max - min) / median of the wall times over rounds; vs CT2: eigenformer / CTranslate2 of the"
+        " (max - min) / estimate of the per-round differences; vs CT2: eigenformer / CTranslate2 of the"
         " same type; vs floor: ms/step / weight-bytes floor per step)")
+    log(f"\n{'what':26s} {'engine':12s} {'type':13s} {'batch':>5s} {'thr':>3s} {'ms':>8s} {'spread':>7s} "
+        f"{'vs CT2':>7s}")
+    ext = {c: per_unit(v) * 1e3 for c, v in extra_t.items()}
+    for c in extra:
+        kind, e, w, b, th = c
+        v = [(b_ - a_) / d_ for a_, b_, d_ in extra_t[c]]
+        peer = [ext[k] for k in ext if k[0] == kind and k[1] == "ctranslate2" and KIND[k[2]] == KIND[w]
+                and k[3:] == (b, th)]
+        vs = ext[c] / peer[0] if peer and e == "eigenformer" else None
+        spread = (max(v) - min(v)) * 1e3 / ext[c] if len(v) > 1 and ext[c] > 0 else 0.0
+        what = "beam 4, ms/step" if kind == "beam4" else f"encoder {ENC_SRC_LEN} + 1 step, ms"
+        log(f"{what:26s} {e:12s} {w:13s} {b:5d} {th:3d} {ext[c]:8.2f} {100 * spread:6.0f}% {fmt(vs):>7s}")
+    log("(beam 4: one source, per step from two output lengths; encoder: a batch of sources of "
+        f"{ENC_SRC_LEN} tokens encoded and one token decoded, per batch from 33 (batch 1) or 5 (batch 8) batches minus 1)")
     if not idle:
         log("WARNING: timed on a busy machine (see above)")
     if not ct2_int8_ok:
