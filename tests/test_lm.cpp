@@ -547,6 +547,36 @@ TEST_P(Ct2LmCase, Float32GreedyEqualsCTranslate2) {
   EXPECT_LT(worst, 1e-5);  // measured about 1e-6
 }
 
+// float16 conversions: CTranslate2 on a CPU computes a float16 model in float32 (its weights
+// widened), which is what load_model does by default (cli.md: float32 unless the model is stored in
+// 8 bits); held as float16 (--weights float16) the kernel widens the same values exactly, so only the
+// summation order differs. Catches: float16 bits read as bfloat16 or as integers, the byte order of
+// the halves swapped, a float16 conversion taken for an int8 one, the kernel's widening wrong.
+TEST_P(Ct2LmCase, Float16GreedyEqualsCTranslate2) {
+  const auto widened = ef::load_model<float>(ct2("float16"));
+  EXPECT_EQ(widened.weights(), ef::weight_type::float32);
+  ef::load_options lo;
+  lo.weights = ef::weight_type::float16;
+  const auto held = ef::load_model<float>(ct2("float16"), lo);
+  EXPECT_EQ(held.weights(), ef::weight_type::float16);
+  ef::generation_options o;
+  o.max_new_tokens = 16;
+  const auto expected = id_lines(ct2("float16") / "ct2_greedy.txt");
+  const nlohmann::json r = ct2_reference(ct2("float16"));
+  for (const auto* m : {&widened, &held}) {
+    const auto results = ef::generate(*m, lines("prompts.txt"), o);
+    ASSERT_EQ(results.size(), expected.size());
+    double worst = 0;
+    for (std::size_t b = 0; b < expected.size(); ++b) {
+      EXPECT_EQ(results[b].best().tokens, expected[b]) << "prompt " << b;
+      worst = std::max(worst, std::fabs(results[b].best().score - r.at("greedy_scores").at(b).get<double>()));
+    }
+    const bool kernel = m == &held;
+    print_deviation(GetParam() + "_ct2_float16 greedy scores vs CTranslate2's" + (kernel ? " (held as float16)" : ""), worst);
+    EXPECT_LT(worst, 1e-5);
+  }
+}
+
 // Catches: int8 weights read without their per-row <name>_scale (or with it per column), an int8
 // conversion not held as int8 by default. With load_options::weights float32 the int8 values /
 // scale are computed in float32, which is what CTranslate2 did for greedy_compute_type_float32

@@ -84,7 +84,7 @@ CASES = [
               "key-value heads, SwiGLU MLP (gate/up/down), no biases, untied lm_head; bos 1 first",
          config=dict(LLAMA_LIKE, num_key_value_heads=2, tie_word_embeddings=False,
                      attention_bias=False, mlp_bias=False),
-         ids=dict(SPM_IDS), prompt_lengths=[3, 7, 12, 5], tgt_lengths=[9, 14, 20, 12], ct2=["float32", "int8"]),
+         ids=dict(SPM_IDS), prompt_lengths=[3, 7, 12, 5], tgt_lengths=[9, 14, 20, 12], ct2=["float32", "float16", "int8"]),
     dict(name="llama_scaled", family="llama", vocab=64,
          desc="Llama with rope_theta 500000, rope_scaling linear factor 2 (positions / 2), MQA (1 "
               "key-value head), tie_word_embeddings true (no lm_head.weight stored)",
@@ -113,7 +113,7 @@ CASES = [
                      layer_norm_epsilon=1e-5, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
                      reorder_and_upcast_attn=False, tie_word_embeddings=True, use_cache=True),
          ids=dict(unk=None, bos=95, eos=95, pad=None), prompt_lengths=[4, 8, 3, 11],
-         tgt_lengths=[10, 15, 9, 20], ct2=["float32", "int8"]),
+         tgt_lengths=[10, 15, 9, 20], ct2=["float32", "float16", "int8"]),
     dict(name="mixtral", family="mixtral", vocab=64,
          desc="Mixtral: as Mistral with a sparse MoE MLP: router (gate, no bias) over 4 SwiGLU experts "
               "(w1 gate, w3 up, w2 down), top-2 of the softmax, the two weights renormalised to sum 1; "
