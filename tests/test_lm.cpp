@@ -636,15 +636,22 @@ TEST_P(Ct2LmCase, Int8GreedyEqualsCTranslate2WhereTheMarginAllows) {
   const auto expected = id_lines(ct2("int8") / "ct2_greedy.txt");
   const auto transformers = id_lines(hf() / "greedy.txt");
   ASSERT_EQ(results.size(), expected.size());
+  std::size_t compared = 0;
   for (std::size_t b = 0; b < expected.size(); ++b) {
     std::size_t n = 0;
     while (n < expected[b].size() && n < transformers[b].size() && expected[b][n] == transformers[b][n]) ++n;
+    compared += n;
     const auto& got = results[b].best().tokens;
     ASSERT_GE(got.size(), n) << "prompt " << b;
     EXPECT_EQ(std::vector<token_id>(got.begin(), got.begin() + static_cast<std::ptrdiff_t>(n)),
               std::vector<token_id>(expected[b].begin(), expected[b].begin() + static_cast<std::ptrdiff_t>(n)))
         << "prompt " << b << " (first " << n << " tokens)";
   }
+  // gpt2: 10 tokens (0, 5, 4, 1 per prompt). llama: CTranslate2's int8 greedy leaves transformers' at
+  // the first token of every prompt, so there is nothing to compare: reported as skipped, not passed
+  // (Int8ScoresAgreeWithTheirBounds covers llama's int8).
+  if (compared == 0) GTEST_SKIP() << "no token where CTranslate2's int8 greedy equals transformers'";
+  if (GetParam() == "gpt2") EXPECT_EQ(compared, 10u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Ct2LmCase, ::testing::Values("llama", "gpt2"));
