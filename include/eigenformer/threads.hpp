@@ -74,8 +74,8 @@ inline constexpr double parallel_work_threshold = 2e6;
 
 /// Weight bytes a product of a few rows (a decode step's matrix-vector products) must stream before
 /// it forks, whatever its multiply-adds: such a product is bound by memory, and a second core reads
-/// more of it per microsecond (one thread read 19 GB/s on the development machine; the host
-/// gave 38.8 on one thread and 46.5 on two). 512 KiB is ~25 microseconds of reading on one thread,
+/// more of it per microsecond (one thread read 19 GB/s on one development host; another host of the
+/// same kind read 38.8 GB/s on one thread and 46.5 on two). 512 KiB is ~25 microseconds of reading on one thread,
 /// several times a fork's cost on an idle machine. Measured in docs/performance.md ("Threads").
 inline constexpr double parallel_stream_bytes = 512.0 * 1024.0;
 

@@ -19,7 +19,8 @@
 // Pieces are SentencePiece's segmentation; a piece maps to its id through the vocabulary, an
 // unknown piece to the unknown token. The vocabulary (id -> token) is vocab.json (Marian, M2M100),
 // fairseq's layout over the SentencePiece model (mBART, NLLB: <s> <pad> </s> <unk>, then piece i at
-// id i + 1) or the SentencePiece model's own ids (Llama: piece i at id i, byte pieces included), with tokenizer_config.json's "added_tokens_decoder" (id -> token: the special tokens and
+// id i + 1) or the SentencePiece model's own ids (Llama: piece i at id i, byte pieces included),
+// with tokenizer_config.json's "added_tokens_decoder" (id -> token: the special tokens and
 // language codes; transformers >= 4.34 writes it) laid over it. A CTranslate2 directory gives its
 // own vocabulary (shared_vocabulary.* or source_/target_vocabulary.*) and takes the tokenizer files
 // copied beside model.bin (ct2-transformers-converter --copy_files tokenizer_config.json source.spm ...).
@@ -504,7 +505,8 @@ inline std::vector<std::string> tokenizer::source_tokens(std::string_view text) 
 
 inline void tokenizer::llama_pieces(std::string_view text, std::vector<std::string>& tokens) const {
   if (text.empty()) return;  // transformers: no pieces, not even the prefix space
-  // transformers' non-legacy tokenize(): "▁" in the text reads as a space, and the text opens with "▁"
+  // transformers' non-legacy tokenize(): the text opens with "▁" (it also turns "▁" in the text into
+  // spaces, which SentencePiece turns back: both read alike)
   std::string body;
   if (!llama_legacy_ && add_prefix_space_) body = "\xe2\x96\x81";
   body += text;
