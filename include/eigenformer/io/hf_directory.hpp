@@ -555,42 +555,84 @@ inline void hf_directory::find_shards() {
   }
 }
 
+}  // namespace eigenformer::io
+
+namespace eigenformer::io::detail_hf {
+
+/// The shards of a checkpoint, each opened once, and the tensors read from them: every tensor a
+/// shard holds must be listed for it in the index (and the reverse), read() checks the shape and
+/// refuses NaN or infinite values, and check_all_read() refuses a checkpoint with tensors the
+/// loader did not use, naming the shard and the first of them.
+template <class Scalar>
+class shard_reader {
+ public:
+  /// shard_of: tensor name -> shard file name (model.safetensors.index.json, or one file).
+  shard_reader(const std::filesystem::path& dir, const std::map<std::string, std::string>& shard_of)
+      : dir_(dir), shard_of_(shard_of) {
+    for (const auto& [name, shard] : shard_of_) {
+      auto& f = shards_[shard];
+      if (!f) {
+        f = std::make_unique<safetensors_file>(dir_ / shard);
+        for (const auto& t : f->tensors()) {
+          const auto it = shard_of_.find(t.name);
+          if (it == shard_of_.end() || it->second != shard) {
+            throw format_error(f->path().string() + ": tensor '" + detail::text_excerpt(t.name, 128) +
+                               "' is not listed for this shard in model.safetensors.index.json");
+          }
+        }
+      }
+      if (!f->contains(name)) {
+        throw format_error(f->path().string() + ": tensor '" + detail::text_excerpt(name, 128) +
+                           "' is missing (model.safetensors.index.json lists it in this shard)");
+      }
+      unread_.insert(name);
+    }
+  }
+
+  bool has(const std::string& name) const { return shard_of_.count(name) != 0; }
+  /// Whether `name` is in the checkpoint and not read yet.
+  bool unread(const std::string& name) const { return unread_.count(name) != 0; }
+
+  /// Tensor `name`, which must have `shape`.
+  tensor<Scalar> read(const std::string& name, const tensor_shape& shape) {
+    const auto it = shard_of_.find(name);
+    if (it == shard_of_.end()) throw format_error(dir_.string() + ": tensor '" + name + "' is missing");
+    const safetensors_file& f = *shards_.at(it->second);
+    check_shape(f.path().string() + ": tensor '" + name + "'", f.info(name).shape, shape.dims());
+    unread_.erase(name);
+    return read_finite_tensor<Scalar>(f, name);
+  }
+
+  /// Counts `name` as used without reading it (buffers transformers saves but recomputes).
+  void skip(const std::string& name) { unread_.erase(name); }
+
+  /// Throws format_error naming the first tensor no read() used.
+  void check_all_read(const std::string& model_type) const {
+    if (unread_.empty()) return;
+    const std::string& name = *unread_.begin();
+    throw format_error((dir_ / shard_of_.at(name)).string() + ": unexpected tensor '" + detail::text_excerpt(name, 128) +
+                       "' for model_type " + model_type + " (" + std::to_string(unread_.size()) + " tensor(s) not used)");
+  }
+
+ private:
+  std::filesystem::path dir_;
+  const std::map<std::string, std::string>& shard_of_;
+  std::map<std::string, std::unique_ptr<safetensors_file>> shards_;
+  std::set<std::string> unread_;
+};
+
+}  // namespace eigenformer::io::detail_hf
+
+namespace eigenformer::io {
+
 template <class Scalar>
 weight_map<Scalar> hf_directory::read_weights() const {
   if (config_.decoder_only()) return read_lm_weights<Scalar>();
   const model_config& c = config_;
   const index_t d = c.d_model;
-  // The shards, each opened once; a tensor the index does not list is an error.
-  std::map<std::string, std::unique_ptr<safetensors_file>> shards;
-  for (const auto& [name, shard] : shard_of_) {
-    auto& f = shards[shard];
-    if (!f) {
-      f = std::make_unique<safetensors_file>(dir_ / shard);
-      for (const auto& t : f->tensors()) {
-        const auto it = shard_of_.find(t.name);
-        if (it == shard_of_.end() || it->second != shard) {
-          throw format_error(f->path().string() + ": tensor '" + detail::text_excerpt(t.name, 128) +
-                             "' is not listed for this shard in model.safetensors.index.json");
-        }
-      }
-    }
-    if (!f->contains(name)) {
-      throw format_error(f->path().string() + ": tensor '" + detail::text_excerpt(name, 128) +
-                         "' is missing (model.safetensors.index.json lists it in this shard)");
-    }
-  }
-  std::set<std::string> unused;
-  for (const auto& [name, shard] : shard_of_) unused.insert(name);
-
-  auto has = [&](const std::string& name) { return shard_of_.count(name) != 0; };
-  auto read = [&](const std::string& name, const tensor_shape& shape) {
-    const auto it = shard_of_.find(name);
-    if (it == shard_of_.end()) throw format_error(dir_.string() + ": tensor '" + name + "' is missing");
-    const safetensors_file& f = *shards.at(it->second);
-    check_shape(f.path().string() + ": tensor '" + name + "'", f.info(name).shape, shape.dims());
-    unused.erase(name);
-    return read_finite_tensor<Scalar>(f, name);
-  };
+  detail_hf::shard_reader<Scalar> shards(dir_, shard_of_);
+  auto has = [&](const std::string& name) { return shards.has(name); };
+  auto read = [&](const std::string& name, const tensor_shape& shape) { return shards.read(name, shape); };
   weight_map<Scalar> w(dir_.string());
 
   // Embeddings (the constructor decided sharing from the names present).
@@ -601,7 +643,7 @@ weight_map<Scalar> hf_directory::read_weights() const {
     w.insert("tgt_embed.weight", read(one, {c.tgt_vocab_size, d}));
     // A copy under another name, if saved, is the same table: checked for shape, not kept.
     for (const char* copy : {"model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"})
-      if (has(copy) && unused.count(copy)) read(copy, {c.tgt_vocab_size, d});
+      if (shards.unread(copy)) read(copy, {c.tgt_vocab_size, d});
   } else {
     w.insert("src_embed.weight", read("model.encoder.embed_tokens.weight", {c.src_vocab_size, d}));
     w.insert("tgt_embed.weight", read("model.decoder.embed_tokens.weight", {c.tgt_vocab_size, d}));
@@ -684,12 +726,7 @@ weight_map<Scalar> hf_directory::read_weights() const {
   }
   if (c.encoder_final_norm) norm("model.encoder.layer_norm", "transformer.encoder.norm");
   if (c.decoder_final_norm) norm("model.decoder.layer_norm", "transformer.decoder.norm");
-  if (!unused.empty()) {
-    const std::string& name = *unused.begin();
-    throw format_error((dir_ / shard_of_.at(name)).string() + ": unexpected tensor '" +
-                       detail::text_excerpt(name, 128) + "' for model_type " + model_type_ + " (" +
-                       std::to_string(unused.size()) + " tensor(s) not used)");
-  }
+  shards.check_all_read(model_type_);
   return w;
 }
 
@@ -702,26 +739,9 @@ weight_map<Scalar> hf_directory::read_lm_weights() const {
   if (model_type_ == "gpt2") return read_gpt2_weights<Scalar>();
   const model_config& c = config_;
   const index_t d = c.d_model, kvd = c.kv_heads() * c.d_head(), rows = d + 2 * kvd;
-  std::map<std::string, std::unique_ptr<safetensors_file>> shards;
-  for (const auto& [name, shard] : shard_of_) {
-    auto& f = shards[shard];
-    if (!f) f = std::make_unique<safetensors_file>(dir_ / shard);
-    if (!f->contains(name)) {
-      throw format_error(f->path().string() + ": tensor '" + detail::text_excerpt(name, 128) +
-                         "' is missing (model.safetensors.index.json lists it in this shard)");
-    }
-  }
-  std::set<std::string> unused;
-  for (const auto& [name, shard] : shard_of_) unused.insert(name);
-  auto has = [&](const std::string& name) { return shard_of_.count(name) != 0; };
-  auto read = [&](const std::string& name, const tensor_shape& shape) {
-    const auto it = shard_of_.find(name);
-    if (it == shard_of_.end()) throw format_error(dir_.string() + ": tensor '" + name + "' is missing");
-    const safetensors_file& f = *shards.at(it->second);
-    check_shape(f.path().string() + ": tensor '" + name + "'", f.info(name).shape, shape.dims());
-    unused.erase(name);
-    return read_finite_tensor<Scalar>(f, name);
-  };
+  detail_hf::shard_reader<Scalar> shards(dir_, shard_of_);
+  auto has = [&](const std::string& name) { return shards.has(name); };
+  auto read = [&](const std::string& name, const tensor_shape& shape) { return shards.read(name, shape); };
   weight_map<Scalar> w(dir_.string());
   w.insert("tgt_embed.weight", read("model.embed_tokens.weight", {c.tgt_vocab_size, d}));
   if (!c.tie_output) {
@@ -766,12 +786,7 @@ weight_map<Scalar> hf_directory::read_lm_weights() const {
     w.insert(ours + ".down_proj.weight", read(hf + ".mlp.down_proj.weight", {d, c.d_ff}));
   }
   w.insert("transformer.decoder.norm.weight", read("model.norm.weight", {d}));
-  if (!unused.empty()) {
-    const std::string& name = *unused.begin();
-    throw format_error((dir_ / shard_of_.at(name)).string() + ": unexpected tensor '" +
-                       detail::text_excerpt(name, 128) + "' for model_type " + model_type_ + " (" +
-                       std::to_string(unused.size()) + " tensor(s) not used)");
-  }
+  shards.check_all_read(model_type_);
   return w;
 }
 
@@ -779,26 +794,9 @@ template <class Scalar>
 weight_map<Scalar> hf_directory::read_gpt2_weights() const {
   const model_config& c = config_;
   const index_t d = c.d_model, f = c.d_ff;
-  std::map<std::string, std::unique_ptr<safetensors_file>> shards;
-  for (const auto& [name, shard] : shard_of_) {
-    auto& file = shards[shard];
-    if (!file) file = std::make_unique<safetensors_file>(dir_ / shard);
-    if (!file->contains(name)) {
-      throw format_error(file->path().string() + ": tensor '" + detail::text_excerpt(name, 128) +
-                         "' is missing (model.safetensors.index.json lists it in this shard)");
-    }
-  }
-  std::set<std::string> unused;
-  for (const auto& [name, shard] : shard_of_) unused.insert(name);
-  auto has = [&](const std::string& name) { return shard_of_.count(name) != 0; };
-  auto read = [&](const std::string& name, const tensor_shape& shape) {
-    const auto it = shard_of_.find(name);
-    if (it == shard_of_.end()) throw format_error(dir_.string() + ": tensor '" + name + "' is missing");
-    const safetensors_file& file = *shards.at(it->second);
-    check_shape(file.path().string() + ": tensor '" + name + "'", file.info(name).shape, shape.dims());
-    unused.erase(name);
-    return read_finite_tensor<Scalar>(file, name);
-  };
+  detail_hf::shard_reader<Scalar> shards(dir_, shard_of_);
+  auto has = [&](const std::string& name) { return shards.has(name); };
+  auto read = [&](const std::string& name, const tensor_shape& shape) { return shards.read(name, shape); };
   // A Conv1D weight, stored [in, out] (y = x W + b), as the [out, in] matrix linear() reads
   // (y = x W^T + b): one transpose at load, none per call.
   auto conv1d = [&](const std::string& name, index_t in, index_t out) {
@@ -833,16 +831,11 @@ weight_map<Scalar> hf_directory::read_gpt2_weights() const {
     w.insert(ours + ".linear2.bias", read(hf + ".mlp.c_proj.bias", {d}));
     // Older checkpoints store the causal mask buffers (attn.bias [1, 1, n, n], attn.masked_bias):
     // constants the attention computes itself, so they are accepted and not read.
-    for (const char* buffer : {".attn.bias", ".attn.masked_bias"}) unused.erase(hf + buffer);
+    for (const char* buffer : {".attn.bias", ".attn.masked_bias"}) shards.skip(hf + buffer);
   }
   w.insert("transformer.decoder.norm.weight", read(p + "ln_f.weight", {d}));
   w.insert("transformer.decoder.norm.bias", read(p + "ln_f.bias", {d}));
-  if (!unused.empty()) {
-    const std::string& name = *unused.begin();
-    throw format_error((dir_ / shard_of_.at(name)).string() + ": unexpected tensor '" +
-                       detail::text_excerpt(name, 128) + "' for model_type " + model_type_ + " (" +
-                       std::to_string(unused.size()) + " tensor(s) not used)");
-  }
+  shards.check_all_read(model_type_);
   return w;
 }
 
