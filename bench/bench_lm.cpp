@@ -109,9 +109,9 @@ std::vector<ef::token_id> prompt() {
   return p;
 }
 
-void label(benchmark::State& state) {
+void label(benchmark::State& state, const char* suffix = "") {
   static const char* const names[] = {"125M mha", "125M gqa4", "1B gqa8"};
-  state.SetLabel(std::string(names[state.range(0)]) + ", " + std::to_string(state.range(1)) + " thread(s)");
+  state.SetLabel(std::string(names[state.range(0)]) + ", " + std::to_string(state.range(1)) + " thread(s)" + suffix);
   state.counters["params_M"] = double(lm(static_cast<int>(state.range(0))).parameter_count()) / 1e6;
 }
 
@@ -119,19 +119,23 @@ void BM_Prefill(benchmark::State& state) {
   const auto& m = lm(static_cast<int>(state.range(0)));
   ef::set_num_threads(static_cast<int>(state.range(1)));
   const auto tokens = prompt();
-  const index_t slot = 0, count = prompt_tokens;
+  // arg 2: 1 = only the last row's distribution (decode_request::skip, what generate() asks for);
+  // 0 = every prompt position's (scoring a text)
+  const bool last_only = state.range(2) != 0;
+  const index_t slot = 0, count = prompt_tokens, skip = last_only ? prompt_tokens - 1 : 0;
   ef::encoder_output<float> none;  // decoder-only: no source rows
   none.offsets = {0, 0};
   none.memory.resize({0, m.config().d_model});
   ef::kv_cache<float> cache;
-  ef::tensor<float> out({prompt_tokens, m.config().tgt_vocab_size});
+  ef::tensor<float> out({prompt_tokens - skip, m.config().tgt_vocab_size});
   for (auto _ : state) {
     m.start_decoding(none, 1, prompt_tokens + new_tokens, cache);
-    m.decode_step(cache, ef::decode_request{{&slot, 1}, tokens, {&count, 1}}, out.matrix());
+    m.decode_step(cache, ef::decode_request{{&slot, 1}, tokens, {&count, 1}, ef::step_output::log_probs, {}, {&skip, 1}},
+                  out.matrix());
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  label(state);
+  label(state, last_only ? ", last row only" : "");
   state.counters["prompt_tokens_per_s"] = benchmark::Counter(double(state.iterations() * prompt_tokens), benchmark::Counter::kIsRate);
 }
 
@@ -169,11 +173,17 @@ void shapes(benchmark::internal::Benchmark* b) {
     for (int threads : {1, 2}) b->Args({shape, threads});
 }
 
+void prefill_shapes(benchmark::internal::Benchmark* b) {
+  for (int shape : {0, 1, 2})
+    for (int threads : {1, 2})
+      for (int last_only : {0, 1}) b->Args({shape, threads, last_only});
+}
+
 }  // namespace
 
 // Few iterations: a 1B decode iteration is 64 steps over 3.4 GB of weights (seconds). Repeat with
 // --benchmark_repetitions and read the medians.
-BENCHMARK(BM_Prefill)->Apply(shapes)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Prefill)->Apply(prefill_shapes)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Decode)->Apply(shapes)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

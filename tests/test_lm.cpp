@@ -368,6 +368,48 @@ TEST(Lm, SeededSamplingIsReproducibleAndIndependentOfTheBatch) {
   }
 }
 
+// decode_request::skip (generate() skips all but a prompt's last row): the rows kept equal the same
+// rows of the full request, the cache advances over every row, and a skip that would leave a slot
+// without its last row is refused by name. Two slots of different lengths, so rows must be taken
+// from the right slot. Catches: kept rows taken from the front of the block instead of each slot's
+// end, the final norm applied to rows not yet moved, the cache left short of the skipped rows.
+TEST(Lm, SkippedRowsGetNoDistributionAndTheOthersAreUnchanged) {
+  const auto m = ef::load_model<float>(lm_root() / "llama");
+  const auto prompts = id_lines(lm_root() / "llama" / "prompts.txt");
+  const std::vector<token_id>& a = prompts[1];
+  const std::vector<token_id>& b = prompts[2];
+  const index_t na = static_cast<index_t>(a.size()), nb = static_cast<index_t>(b.size()), V = m.config().tgt_vocab_size;
+  std::vector<token_id> tokens(a);
+  tokens.insert(tokens.end(), b.begin(), b.end());
+  const ef::token_batch two = ef::token_batch::from_sequences({a, b});
+  const auto memory = m.encode(two);
+  ef::kv_cache<float> full, skipped;
+  m.start_decoding(memory, 1, std::max(na, nb) + 1, full);
+  m.start_decoding(memory, 1, std::max(na, nb) + 1, skipped);
+  const std::vector<index_t> slots = {0, 1}, counts = {na, nb}, skip = {na - 1, 1};
+  ef::tensor<float> all({na + nb, V}), kept({1 + nb - 1, V});
+  m.decode_step(full, ef::decode_request{slots, tokens, counts, ef::step_output::log_probs, {}}, all.matrix());
+  m.decode_step(skipped, ef::decode_request{slots, tokens, counts, ef::step_output::log_probs, {}, skip}, kept.matrix());
+  const std::vector<index_t> rows_kept = {na - 1};  // slot 0's last row, then slot 1's rows 1 .. nb-1
+  std::vector<index_t> want = rows_kept;
+  for (index_t r = 1; r < nb; ++r) want.push_back(na + r);
+  ASSERT_EQ(static_cast<index_t>(want.size()), kept.shape().dims()[0]);
+  for (std::size_t k = 0; k < want.size(); ++k) {
+    double dev = 0;
+    for (index_t v = 0; v < V; ++v) dev = std::max(dev, std::fabs(double(kept.data()[index_t(k) * V + v]) - double(all.data()[want[k] * V + v])));
+    EXPECT_LT(dev, 1e-6) << "kept row " << k;  // the same computation: measured 0
+  }
+  EXPECT_EQ(skipped.steps(0), na);
+  EXPECT_EQ(skipped.steps(1), nb);
+  ef::kv_cache<float> fresh;
+  m.start_decoding(memory, 1, std::max(na, nb) + 1, fresh);
+  const std::vector<index_t> bad = {na, 0};
+  EIGENFORMER_EXPECT_THROW_WITH(
+      m.decode_step(fresh, ef::decode_request{slots, tokens, counts, ef::step_output::log_probs, {}, bad}, all.matrix()),
+      ef::invalid_argument, "skip");
+  EXPECT_EQ(fresh.steps(0), 0);  // refused before anything changed
+}
+
 // Catches: a KV cache sized for every query head (n_heads * d_head per token) instead of the KV heads.
 TEST(Lm, GroupedQueryCacheHoldsOnlyKvHeads) {
   for (const auto& [name, kv_heads] : {std::pair<std::string, index_t>{"llama", 2}, {"llama_scaled", 1}}) {

@@ -464,8 +464,10 @@ class search {
       req_counts_.push_back(lead_length(b) + forced);
       req_skip_.push_back(lead_length(b) - 1);
     }
-    auto rows = make_view(logits_.data(), static_cast<index_t>(req_tokens_.size()), V_);
-    m_.decode_step(cache_, decode_request{req_slots_, req_tokens_, req_counts_, step_output::logits, o_.moe}, rows);
+    index_t n_rows = static_cast<index_t>(req_tokens_.size());
+    for (index_t k : req_skip_) n_rows -= k;
+    auto rows = make_view(logits_.data(), n_rows, V_);
+    m_.decode_step(cache_, decode_request{req_slots_, req_tokens_, req_counts_, step_output::logits, o_.moe, req_skip_}, rows);
 
     // 2. Per source: the stages on each row, forced tokens, proposals, selection.
     bool reordered = false;
@@ -478,7 +480,7 @@ class search {
       bool stopped = false, free_row = false;
       for (; i < req_slots_.size() && req_slots_[i] / K_ == b; ++i) {
         const index_t s = req_slots_[i], count = req_counts_[i];
-        r += req_skip_[i];  // rows of prompt tokens followed by prompt tokens: nothing to choose
+        // rows of prompt tokens followed by prompt tokens were skipped: nothing to choose there
         for (index_t j = req_skip_[i]; j < count; ++j, ++r) {
           if (stopped) continue;
           auto row = rows.row(r);
