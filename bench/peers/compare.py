@@ -17,7 +17,7 @@ What it does, in one run:
    CTranslate2 models through ctranslate2.specs.TransformerSpec (one directory per compute type:
    float32, int8_float32, and bfloat16 when ctranslate2.get_supported_compute_types("cpu") lists it).
    Token i is the string str(i) ("<unk>", "<s>", "</s>" for 0, 1, 2).
-3. Checks the engines agree on 8 sources of 32 tokens, 80 greedy tokens each (48 with --quick):
+3. Checks the engines agree on 8 sources of 32 tokens, 128 greedy tokens each (48 with --quick):
    float32 ids must be identical between `eigenformer generate` and Translator.translate_batch
    (beam 1); a divergence is excused only where PyTorch, teacher-forced on the common prefix, sees
    a near-tie (top-1/top-2 logit margin < 1e-3). For int8 it reports the agreement of eigenformer
@@ -413,7 +413,7 @@ def main():
     n_short, n_long = (int(x) for x in (args.lengths or ("16,48" if q else "16,80")).split(","))
     rounds = args.rounds or (2 if q else 3)
     idle_wait = args.idle_wait if args.idle_wait is not None else (30 if q else 120)
-    n_check = 48 if q else 80
+    n_check = 48 if q else 128
     if not os.access(args.cli, os.X_OK):
         sys.exit(f"eigenformer CLI not found: {args.cli} (build it, or pass --cli)")
     torch.set_num_threads(1)
