@@ -397,7 +397,11 @@ TEST(Lm, SkippedRowsGetNoDistributionAndTheOthersAreUnchanged) {
   for (std::size_t k = 0; k < want.size(); ++k) {
     double dev = 0;
     for (index_t v = 0; v < V; ++v) dev = std::max(dev, std::fabs(double(kept.data()[index_t(k) * V + v]) - double(all.data()[want[k] * V + v])));
-    EXPECT_LT(dev, 1e-6) << "kept row " << k;  // the same computation: measured 0
+    // The same sums, maybe in another order: the output projection is Eigen's GEMM over 12 rows here
+    // and 19 there, and with AVX-512 its remainder rows take other kernels (measured 1.9e-6, one
+    // float ulp of a log-probability near -20; 0 on an AVX2 host). A row from the wrong slot or
+    // position is off by ~1.
+    EXPECT_LT(dev, 1e-5) << "kept row " << k;
   }
   EXPECT_EQ(skipped.steps(0), na);
   EXPECT_EQ(skipped.steps(1), nb);

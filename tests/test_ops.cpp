@@ -19,7 +19,7 @@ class OpsTest : public ::testing::Test {
 };
 TYPED_TEST_SUITE(OpsTest, scalar_types);
 
-constexpr index_t sizes[] = {1, 3, 7, 17, 33};
+constexpr index_t sizes[] = {1, 3, 7, 8, 17, 33};  // n = 8: the largest few-row kernel (small_batch_rows)
 
 TYPED_TEST(OpsTest, LinearMatchesNaiveLoops) {
   using S = TypeParam;

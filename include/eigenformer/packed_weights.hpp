@@ -17,11 +17,15 @@
 // starts on a cache line and the int8 kernel runs without tails. Storage is tensor<> storage: 64-byte
 // aligned, huge-page aligned and advised from 4 MiB (detail/memory.hpp).
 //
-// Kernels: a few input rows (a decode step: n <= detail::small_batch_rows) stream every weight row once,
-// 4 rows at a time against all n inputs, split across threads by row blocks; 16-bit rows are widened in
-// L1-sized chunks, int8 rows multiplied as integers (AVX2: vpsignb + vpmaddubsw + vpmaddwd; elsewhere a
-// portable loop the compiler vectorises). More rows (an encoder, a prompt) widen tiles of rows into a
-// per-thread buffer and hand them to Eigen's GEMM (int8: the quantised integers as float, exact products).
+// Kernels: a few input rows (a decode step: n <= detail::small_batch_rows) stream every weight row once
+// against all n inputs, split across threads by blocks of 4 rows. With AVX-512 each row is read in order
+// (reading 4 rows side by side halved the rate memory delivered them: detail/stream_rows.hpp): 16-bit
+// rows widened in registers, int8 rows multiplied by vpdpbusd (AVX512-VNNI). Elsewhere 4 rows side by
+// side: 16-bit rows widened in L1-sized chunks, int8 rows multiplied as integers (AVX2: vpsignb +
+// vpmaddubsw + vpmaddwd; otherwise a portable loop the compiler vectorises). More rows (an encoder, a
+// prompt): int8 with AVX512-VNNI in integers, blocks of 4 weight rows against 4 inputs at a time (64
+// products per instruction, four times float FMA's rate); otherwise tiles of rows widened into a
+// per-thread buffer for Eigen's GEMM (int8: the quantised integers as float, exact products).
 #pragma once
 
 #include <algorithm>
@@ -36,6 +40,7 @@
 #include <type_traits>
 
 #include "detail/half.hpp"
+#include "detail/stream_rows.hpp"
 #include "error.hpp"
 #include "ops.hpp"
 #include "tensor.hpp"
@@ -126,6 +131,33 @@ inline void widen_float16(const std::uint16_t* src, Scalar* dst, index_t n) noex
 /// all-zero row, NaN when x holds a NaN or an infinity.
 template <class Scalar>
 inline Scalar quantize_row(const Scalar* x, index_t in, index_t ld, std::int8_t* q) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<Scalar, float>) {  // the same arithmetic, 16 lanes at a time
+    const index_t full = in / 16 * 16;
+    const auto mask_at = [&](index_t k) {
+      return k < full ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (in - full)) - 1u);
+    };
+    __m512 vmax = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    for (index_t k = 0; k < in; k += 16) {
+      const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(mask_at(k), x + k));
+      bad |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(std::numeric_limits<float>::max()), _CMP_NLE_UQ);  // NaN, inf
+      vmax = _mm512_max_ps(vmax, a);
+    }
+    if (bad) return std::numeric_limits<float>::quiet_NaN();
+    const float amax = _mm512_reduce_max_ps(vmax);
+    std::memset(q, 0, static_cast<std::size_t>(ld));
+    if (amax == 0.0f) return 0.0f;
+    const float scale = 127.0f / amax;
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (index_t k = 0; k < in; k += 16) {  // cvtps rounds to nearest even, as nearbyint does
+      const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask_at(k), x + k), vs));
+      const __m512i c = _mm512_max_epi32(_mm512_min_epi32(v, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+      _mm512_mask_cvtsepi32_storeu_epi8(q + k, mask_at(k), c);
+    }
+    return scale;
+  }
+#endif
   Scalar amax = 0;
   bool finite = true;
   for (index_t k = 0; k < in; ++k) {
@@ -188,6 +220,69 @@ inline void dot4_int8(const std::int8_t* a, const std::int8_t* b0, const std::in
 #endif
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define EIGENFORMER_INT8_VNNI 1
+
+/// The four int32 sums of s0..s3: per 128-bit lane a transposing add leaves [s0 s1 s2 s3]'s partial
+/// sums of that lane, then the four lanes are added.
+inline __m128i sum4_epi32(__m512i s0, __m512i s1, __m512i s2, __m512i s3) noexcept {
+  const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(s0, s1), _mm512_unpackhi_epi32(s0, s1));
+  const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(s2, s3), _mm512_unpackhi_epi32(s2, s3));
+  const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/// acc[i][r] = sum_k a[i][k] b[r][k] over k < ld (a multiple of 64), exactly, for NA inputs a (rows lda
+/// apart) and `rows` <= 4 weight rows b, as vpdpbusd computes it: a is unsigned, the int8 input plus
+/// 128 (the caller takes the extra 128 sum_k b[r][k] off). Each weight row is read start to end before
+/// the next: reading 4 rows side by side, as a block of 4 x 64 bytes per step, streamed 9-12 GB/s from
+/// memory on this machine where reading in order streamed 21-27 (one thread, rows of 512 and 2048 bytes).
+template <int NA>
+inline void dot_rows_vnni(const std::uint8_t* a, index_t lda, const std::int8_t* b, index_t ld, index_t rows,
+                          std::int32_t (*acc)[4]) noexcept {
+  const __m512i zero = _mm512_setzero_si512();
+  for (index_t r = 0; r < rows; ++r) {
+    const std::int8_t* w = b + r * ld;
+    __m512i s[NA];
+    for (int i = 0; i < NA; ++i) s[i] = zero;
+    for (index_t k = 0; k < ld; k += 64) {
+      const __m512i vb = _mm512_loadu_si512(w + k);
+      for (int i = 0; i < NA; ++i) s[i] = _mm512_dpbusd_epi32(s[i], _mm512_loadu_si512(a + i * lda + k), vb);
+    }
+    for (int i0 = 0; i0 < NA; i0 += 4) {
+      alignas(16) std::int32_t t[4];
+      _mm_store_si128(reinterpret_cast<__m128i*>(t),
+                      sum4_epi32(s[i0], i0 + 1 < NA ? s[i0 + 1] : zero, i0 + 2 < NA ? s[i0 + 2] : zero,
+                                 i0 + 3 < NA ? s[i0 + 3] : zero));
+      for (int j = 0; j < 4 && i0 + j < NA; ++j) acc[i0 + j][r] = t[j];
+    }
+  }
+}
+
+/// The same for NA <= 4 inputs against the 4 weight rows b[0..3], read in steps of 64 bytes across all eight: 16
+/// accumulators, 8 loads per 16 vpdpbusd (a GEMM's inner block: the rows are in L1 by then).
+template <int NA>
+inline void dot_block_vnni(const std::uint8_t* a, index_t lda, const std::int8_t* const* b, index_t ld,
+                           std::int32_t (*acc)[4]) noexcept {
+  __m512i s[NA][4];
+  for (int i = 0; i < NA; ++i) {
+    for (int r = 0; r < 4; ++r) s[i][r] = _mm512_setzero_si512();
+  }
+  for (index_t k = 0; k < ld; k += 64) {
+    __m512i vb[4];
+    for (int r = 0; r < 4; ++r) vb[r] = _mm512_loadu_si512(b[r] + k);
+    for (int i = 0; i < NA; ++i) {
+      const __m512i va = _mm512_loadu_si512(a + i * lda + k);
+      for (int r = 0; r < 4; ++r) s[i][r] = _mm512_dpbusd_epi32(s[i][r], va, vb[r]);
+    }
+  }
+  for (int i = 0; i < NA; ++i) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(acc[i]), sum4_epi32(s[i][0], s[i][1], s[i][2], s[i][3]));
+  }
+}
+#endif
+
 /// Per-thread scratch of at least `n` elements (64-byte aligned), grown and never shrunk: after the
 /// first call of a given size a decode step allocates nothing. `Tag` keeps apart buffers that are
 /// live at the same time on one thread.
@@ -212,12 +307,21 @@ class packed_matrix {
     if (type == weight_type::float32) throw invalid_argument("weights", "packed_matrix holds reduced types only");
     ld_ = detail::packed_stride(cols_, weight_type_size(type));
     if (type == weight_type::int8) {
+      // Exact int32 sums need 2 x 127 x 128 x ld < 2^31 (the VNNI kernel's offset inputs): ld <= 65536.
+      if (ld_ > 65536) {
+        throw invalid_argument("weights", "int8 weights of " + std::to_string(cols_) + " columns: at most 65536");
+      }
       q8_.resize({rows_, ld_});
       scale_.resize({rows_});
+      sum_.resize({rows_});
       for (index_t o = 0; o < rows_; ++o) {
-        const Scalar s = detail::quantize_row(w.data() + o * w.outerStride(), cols_, ld_, q8_.data() + o * ld_);
+        std::int8_t* row = q8_.data() + o * ld_;
+        const Scalar s = detail::quantize_row(w.data() + o * w.outerStride(), cols_, ld_, row);
         if (std::isnan(s)) throw format_error("int8 weights: row " + std::to_string(o) + " is not finite");
         scale_.data()[o] = s == Scalar(0) ? Scalar(1) : s;  // an all-zero row: any scale
+        std::int32_t total = 0;
+        for (index_t k = 0; k < cols_; ++k) total += row[k];
+        sum_.data()[o] = total;
       }
     } else {
       q16_.resize({rows_, ld_});
@@ -236,10 +340,10 @@ class packed_matrix {
   weight_type type() const noexcept { return type_; }
   index_t rows() const noexcept { return rows_; }
   index_t cols() const noexcept { return cols_; }
-  /// Bytes held (weights with their padding, and int8 scales).
+  /// Bytes held (weights with their padding, int8 scales and row sums).
   std::size_t bytes() const noexcept {
     return static_cast<std::size_t>(q8_.size()) + 2 * static_cast<std::size_t>(q16_.size()) +
-           sizeof(Scalar) * static_cast<std::size_t>(scale_.size());
+           sizeof(Scalar) * static_cast<std::size_t>(scale_.size()) + 4 * static_cast<std::size_t>(sum_.size());
   }
 
   /// W[o, k] as the kernels use it (the rounded value; for int8 Q[o, k] / scale_w[o]).
@@ -263,6 +367,9 @@ class packed_matrix {
              Scalar* y, index_t ldy) const {
     if (n == 0 || count == 0) return;
     const Scalar* b = bias.empty() ? nullptr : bias.data();
+#if defined(EIGENFORMER_INT8_VNNI)
+    if (type_ == weight_type::int8) return rows_int8_vnni(first, count, x, ldx, n, b, y, ldy);
+#endif
     if (n <= detail::small_batch_rows) {
       if (type_ == weight_type::int8) {
         few_rows_int8(first, count, x, ldx, n, b, y, ldy);
@@ -295,6 +402,29 @@ class packed_matrix {
     constexpr index_t R = 4;
     const index_t blocks = (count + R - 1) / R;
     const int threads = threads_for(n, count);
+#if defined(EIGENFORMER_STREAM_ROWS_AVX512)
+    if constexpr (std::is_same_v<Scalar, float>) {  // widened in registers, each row read in order
+      const bool bf16 = type_ == weight_type::bfloat16;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+      for (index_t blk = 0; blk < blocks; ++blk) {
+        const index_t o = blk * R, rows = std::min(R, count - o);
+        const std::uint16_t* w = q16_.data() + (first + o) * ld_;
+        if (bf16) {
+          detail::dot_rows_n<std::uint16_t, true>(n, x, ldx, w, ld_, rows, cols_, y + o, ldy);
+        } else {
+          detail::dot_rows_n<std::uint16_t, false>(n, x, ldx, w, ld_, rows, cols_, y + o, ldy);
+        }
+        if (bias) {
+          for (index_t i = 0; i < n; ++i) {
+            for (index_t r = 0; r < rows; ++r) y[i * ldy + o + r] += bias[o + r];
+          }
+        }
+      }
+      return;
+    }
+#endif
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
@@ -386,6 +516,91 @@ class packed_matrix {
     }
   }
 
+#if defined(EIGENFORMER_INT8_VNNI)
+  // int8 weights, AVX512-VNNI, any number of inputs: they are quantised once into per-thread scratch
+  // as unsigned bytes (int8 + 128: the instruction's form). Up to 8 inputs (a decode step) meet each
+  // weight row as it is read in order; more (an encoder, a prompt) meet a block of 4 rows (then in L1)
+  // 4 at a time, in panels of at most 256 KiB of inputs that stay in L2 while every block passes over
+  // them. Exact int32 sums: the same outputs for any n, any thread split and any row range.
+  void rows_int8_vnni(index_t first, index_t count, const Scalar* x, index_t ldx, index_t n, const Scalar* bias,
+                      Scalar* y, index_t ldy) const {
+    std::int8_t* qx = detail::thread_scratch<std::int8_t, 0>(n * ld_);
+    Scalar* sx = detail::thread_scratch<Scalar, 2>(n);
+    const auto* ux = reinterpret_cast<const std::uint8_t*>(qx);
+    constexpr index_t R = 4;
+    const index_t blocks = (count + R - 1) / R;
+    const int threads = static_cast<int>(std::min<index_t>(blocks, threads_for(n, count)));
+    const bool few = n <= detail::small_batch_rows;
+    const index_t panel = few ? n : std::max<index_t>(R, (index_t{1} << 18) / ld_ / R * R);
+    const std::int8_t* q = q8_.data() + first * ld_;
+    const Scalar* sw = scale_.data() + first;
+    const std::int32_t* wsum = sum_.data() + first;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (index_t i = 0; i < n; ++i) {  // (the loop's end waits for every row)
+        std::int8_t* qi = qx + i * ld_;
+        sx[i] = detail::quantize_row(x + i * ldx, cols_, ld_, qi);
+        for (index_t k = 0; k < ld_; ++k) qi[k] = static_cast<std::int8_t>(qi[k] ^ 0x80);  // + 128, as bits
+      }
+      for (index_t i0 = 0; i0 < n; i0 += panel) {
+        const index_t i1 = std::min(n, i0 + panel);
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+        for (index_t blk = 0; blk < blocks; ++blk) {
+          const index_t o = blk * R, rows = std::min(R, count - o);
+          const std::int8_t* w = q + o * ld_;
+          // acc[i][r]: input i0 + i (few) or i (a block of 4), row o + r
+          alignas(16) std::int32_t acc[detail::small_batch_rows][R];
+          const auto finish = [&](index_t i, index_t na) {
+            for (index_t j = 0; j < na; ++j) {
+              const Scalar s = sx[i + j];
+              for (index_t r = 0; r < rows; ++r) {
+                const std::int32_t exact = acc[j][r] - 128 * wsum[o + r];
+                const Scalar v = s == Scalar(0) ? Scalar(0) : static_cast<Scalar>(exact) / (s * sw[o + r]);
+                y[(i + j) * ldy + o + r] = v + (bias ? bias[o + r] : Scalar(0));  // s NaN: NaN
+              }
+            }
+          };
+          if (few) {
+            const std::uint8_t* a = ux + i0 * ld_;
+            switch (i1 - i0) {
+              case 1: detail::dot_rows_vnni<1>(a, ld_, w, ld_, rows, acc); break;
+              case 2: detail::dot_rows_vnni<2>(a, ld_, w, ld_, rows, acc); break;
+              case 3: detail::dot_rows_vnni<3>(a, ld_, w, ld_, rows, acc); break;
+              case 4: detail::dot_rows_vnni<4>(a, ld_, w, ld_, rows, acc); break;
+              case 5: detail::dot_rows_vnni<5>(a, ld_, w, ld_, rows, acc); break;
+              case 6: detail::dot_rows_vnni<6>(a, ld_, w, ld_, rows, acc); break;
+              case 7: detail::dot_rows_vnni<7>(a, ld_, w, ld_, rows, acc); break;
+              default: detail::dot_rows_vnni<8>(a, ld_, w, ld_, rows, acc); break;
+            }
+            finish(i0, i1 - i0);
+            continue;
+          }
+          const std::int8_t* wr[R];  // a last partial block repeats its last row (read, never written)
+          for (index_t r = 0; r < R; ++r) wr[r] = w + std::min(r, rows - 1) * ld_;
+          for (index_t i = i0; i < i1; i += 4) {
+            const index_t na = std::min<index_t>(4, i1 - i);
+            const std::uint8_t* a = ux + i * ld_;
+            switch (na) {
+              case 1: detail::dot_block_vnni<1>(a, ld_, wr, ld_, acc); break;
+              case 2: detail::dot_block_vnni<2>(a, ld_, wr, ld_, acc); break;
+              case 3: detail::dot_block_vnni<3>(a, ld_, wr, ld_, acc); break;
+              default: detail::dot_block_vnni<4>(a, ld_, wr, ld_, acc); break;
+            }
+            finish(i, na);
+          }
+        }
+      }
+    }
+  }
+#endif
+
   // More than 8 inputs: tiles of packed_tile_rows weight rows widened into per-thread float buffers,
   // multiplied by Eigen's GEMM. int8: inputs quantised (to integer-valued Scalars) first, so a prompt
   // computes what feeding it token by token computes, up to float summation order.
@@ -441,6 +656,7 @@ class packed_matrix {
   tensor<std::uint16_t> q16_;  // [rows, ld] bfloat16 or float16 bits
   tensor<std::int8_t> q8_;     // [rows, ld] int8
   tensor<Scalar> scale_;       // [rows] int8 scales
+  tensor<std::int32_t> sum_;   // [rows] int8: sum_k Q[o, k] (the AVX512-VNNI kernel's offset correction)
 };
 
 }  // namespace eigenformer
