@@ -34,14 +34,19 @@ What it does, in one run:
    layer's self-attention q/k/v/out, cross-attention q/out -- the cross-attention K/V of the source
    are computed once and cached -- and feed-forward, plus the output projection) / bandwidth, at
    4 bytes per weight (fp32), 2 (bf16) and 1 (int8). Attention caches, biases, norms and
-   embeddings are left out (under 1 % here).
+   embeddings are left out (under 1 % here). With 2 threads timed, also the 2-thread read
+   bandwidth (two threads each reducing half of 1 GiB, wall time), whose floor the 2-thread
+   rows are compared with.
 5. Times greedy decoding of sources of 32 tokens: per-step time = (time for 80 new tokens - time
-   for 16) / 64, so process start, model loading and encoding cancel. eigenformer runs through its
+   for 16) / 64, so process start, model loading and encoding cancel. Each run decodes the batch
+   TIME_REPEAT (4) times over (4 batches of the same sources), so that a step's time is measured
+   over 4 x 64 steps against one process start: with one batch, the variation of loading a model
+   (tens of ms) swamped the difference at batch 1 (a per-step spread over rounds above 100 %). eigenformer runs through its
    CLI (`generate --weights float32|bfloat16|int8 --threads T --batch-size B`), CTranslate2
    in-process (Translator(compute_type=..., intra_threads=T).translate_batch). Batch 1 and 8,
    threads 1 and 2, 3 rounds: per step = (fastest long run - fastest short run) / steps between them
    (noise only adds time). `--quick`: batch 1 and 8 at 1 thread, lengths 16 and 48,
-   2 rounds. Also beam 4 (one source, per step from the same two lengths) and the encoder
+   2 rounds. Also beam 4 (one source, repeated likewise, per step from the same two lengths) and the encoder
    (a batch of 128-token sources encoded plus one step, per batch from 33 (batch 1) or 5 (batch 8)
    batches minus one), for
    every engine and type at each batch size and thread count. Wall times are the result; the CPU time per step is shown
@@ -61,6 +66,7 @@ What it does, in one run:
 Exit status 1 when the float32 outputs disagree (other than at a near-tie), 0 otherwise.
 """
 import argparse
+import concurrent.futures
 import os
 import resource
 import subprocess
@@ -82,6 +88,7 @@ D_MODEL, N_HEADS, D_FF, VOCAB = 512, 8, 2048, 32000
 PAD, BOS, EOS = 0, 1, 2
 SRC_LEN = 32
 ENC_SRC_LEN = 128         # the encoder rows: sources of this length, enc_repeat(batch) batches minus one
+TIME_REPEAT = 4           # greedy and beam rows: batches decoded per run (see 5. above)
 CHECK_LINES = 8
 NEAR_TIE = 1e-3          # logit margin under which two correct float32 engines may pick differently
 UNRELIABLE_NATS = 0.3    # mean |log-prob(int8) - log-prob(float32)| above which CTranslate2 int8 is
@@ -335,6 +342,20 @@ def read_bandwidth(gib=1.0, reps=5):
     return a.nbytes / best
 
 
+def read_bandwidth_threads(threads, gib=1.0, reps=5):
+    """Read bandwidth in bytes/s of `threads` Python threads each reducing its own part of `gib`
+    GiB at once (numpy's reductions release the GIL): the floor of a `threads`-thread step. Wall
+    time, best of `reps`."""
+    parts = [np.ones(int(gib * (1 << 30)) // 4 // threads, dtype=np.float32) for _ in range(threads)]
+    best = float("inf")
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for _ in range(reps):
+            t = time.perf_counter()
+            list(pool.map(lambda a: a.sum(), parts))
+            best = min(best, time.perf_counter() - t)
+    return sum(a.nbytes for a in parts) / best
+
+
 def weights_read_per_step(layers):
     """Weights of the matrices one greedy step reads (cross-attention K/V are cached per source)."""
     per_layer = 4 * D_MODEL * D_MODEL + 2 * D_MODEL * D_MODEL + 2 * D_MODEL * D_FF
@@ -509,21 +530,23 @@ def main():
     for r in range(rounds):
         for c in configs:
             e, w, b, th = c
-            run = (lambda n: eig.generate(src[:b], n, w, th, b)) if e == "eigenformer" else \
-                  (lambda n: ct2.generate(src[:b], n, w, th, b))
+            reps_src = src[:b] * TIME_REPEAT   # TIME_REPEAT batches in one run
+            run = (lambda n: eig.generate(reps_src, n, w, th, b)) if e == "eigenformer" else \
+                  (lambda n: ct2.generate(reps_src, n, w, th, b))
             (ids_s, t_s, cpu_s), (ids_l, t_l, cpu_l) = run(n_short), run(n_long)
             short_lens |= {len(x) for x in ids_s} ^ {n_short}
             short_lens |= {len(x) for x in ids_l} ^ {n_long}
-            diffs[c].append((t_s, t_l, n_long - n_short))
-            cpu_diffs[c].append((cpu_s, cpu_l, n_long - n_short))
+            diffs[c].append((t_s, t_l, (n_long - n_short) * TIME_REPEAT))
+            cpu_diffs[c].append((cpu_s, cpu_l, (n_long - n_short) * TIME_REPEAT))
             time.sleep(0.2)                   # let CTranslate2's OpenMP threads go back to sleep
         for c in extra:
             kind, e, w, b, th = c
             gen_fn = eig.generate if e == "eigenformer" else ct2.generate
             if kind == "beam4":
                 # per step of a beam-4 search of one source: the difference of two output lengths
-                (_, t_s, _), (_, t_l, _) = (gen_fn(src[:1], n, w, th, 1, beam=4) for n in (n_short, n_long))
-                extra_t[c].append((t_s, t_l, n_long - n_short))
+                (_, t_s, _), (_, t_l, _) = (gen_fn(src[:1] * TIME_REPEAT, n, w, th, 1, beam=4)
+                                            for n in (n_short, n_long))
+                extra_t[c].append((t_s, t_l, (n_long - n_short) * TIME_REPEAT))
             else:
                 # encoder + one step for a batch of b sources of ENC_SRC_LEN: ENC_REPEAT batches
                 # minus one batch, so process start and loading cancel
@@ -534,6 +557,7 @@ def main():
         log(f"  round {r + 1}/{rounds} done ({time.time() - t_start:.0f} s)")
     ct2.close()
     bw_after = read_bandwidth()
+    bw2 = read_bandwidth_threads(2) if 2 in threads else None
 
     # 4. bandwidth and floors (measured around the timing, under the same conditions; best taken)
     bw = max(bw_before, bw_after)
@@ -542,6 +566,10 @@ def main():
     log(f"\nsingle-thread read bandwidth {bw / 1e9:.1f} GB/s (numpy, best of 5 over 1 GiB in CPU time, before "
         f"{bw_before / 1e9:.1f} and after {bw_after / 1e9:.1f} the timing); {n_w / 1e6:.1f} M weights "
         "read per greedy step -> floor per step " + ", ".join(f"{k} {v:.2f} ms" for k, v in floor.items()))
+    floor2 = {k: n_w * b / bw2 * 1e3 for k, b in (("fp32", 4), ("bf16", 2), ("int8", 1))} if bw2 else floor
+    if bw2:
+        log(f"two-thread read bandwidth {bw2 / 1e9:.1f} GB/s (two threads, each half of 1 GiB, wall time, best of 5) "
+            "-> 2-thread floor per step " + ", ".join(f"{k} {v:.2f} ms" for k, v in floor2.items()))
     if short_lens:
         log(f"WARNING: some outputs did not reach the requested length ({sorted(short_lens)})")
     idle_after = cpu_idle_fraction()
@@ -564,7 +592,7 @@ def main():
         v = [(b_ - a_) / d_ for a_, b_, d_ in diffs[c]]
         peer = ct2_peer(c)
         vs_ct2 = step[c] / peer if (peer and e == "eigenformer") else None
-        vs_floor = step[c] / floor[KIND[w]]
+        vs_floor = step[c] / (floor2 if th == 2 else floor)[KIND[w]]
         spread = (max(v) - min(v)) * 1e3 / step[c] if len(v) > 1 and step[c] > 0 else 0.0
         log(f"{e:12s} {w:13s} {b:5d} {th:3d} {step[c]:8.2f} {step[c] / b:8.2f} {cpu_step[c]:7.2f} "
             f"{100 * spread:6.0f}% "
