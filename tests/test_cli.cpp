@@ -337,7 +337,10 @@ TEST(Cli, WeightsOption) {
   g.max_new_tokens = 20;
   std::string expected;
   for (const auto& r : ef::generate(m, ef::token_batch::from_sequences(src), g)) {
-    for (std::size_t i = 0; i < r.best().tokens.size(); ++i) expected += (i ? " " : "") + std::to_string(r.best().tokens[i]);
+    for (std::size_t i = 0; i < r.best().tokens.size(); ++i) {
+      if (i) expected += ' ';  // (not `(i ? " " : "") + std::to_string(...)`: g++ 12 warns -Wrestrict on it)
+      expected += std::to_string(r.best().tokens[i]);
+    }
     expected += "\n";
   }
   const auto got = run("generate --model " + model + " --src-file " + src_path + " --max-new-tokens 20 --weights int8");

@@ -359,7 +359,9 @@ TEST(Lm, SeededSamplingIsReproducibleAndIndependentOfTheBatch) {
       alone_opt.stream_offset = b;
       const auto alone = ef::generate(m, ef::token_batch::from_sequences({prompts[b]}), alone_opt);
       EXPECT_EQ(alone[0].best().tokens, got) << name << " prompt " << b << " alone";
-      if (b > 0) EXPECT_EQ(later[b - 1].best().tokens, got) << name << " prompt " << b << " in a later batch";
+      if (b > 0) {
+        EXPECT_EQ(later[b - 1].best().tokens, got) << name << " prompt " << b << " in a later batch";
+      }
       differs_from_greedy |= got != argmax[b].best().tokens;
       differs_by_seed |= got != other[b].best().tokens;
     }
@@ -749,7 +751,9 @@ TEST_P(Ct2LmCase, Int8GreedyEqualsCTranslate2WhereTheMarginAllows) {
   // the first token of every prompt, so there is nothing to compare: reported as skipped, not passed
   // (Int8ScoresAgreeWithTheirBounds covers llama's int8).
   if (compared == 0) GTEST_SKIP() << "no token where CTranslate2's int8 greedy equals transformers'";
-  if (GetParam() == "gpt2") EXPECT_EQ(compared, 10u);
+  if (GetParam() == "gpt2") {
+    EXPECT_EQ(compared, 10u);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Ct2LmCase, ::testing::Values("llama", "gpt2"));

@@ -168,6 +168,34 @@ TEST(PackedWeights, Int8NonFiniteAndZeroRows) {
   }
 }
 
+// The widest int8 rows whose sums stay exact in int32: at 65536 columns with every weight and input
+// at +-127 (w = +-1, x = 1: the VNNI kernel's raw sum of (x + 128) w is +-2^31 x 0.99) the product is
+// exactly +-65536, through the few-row kernel (n = 1) and the block kernel (n = 9); a row of 65537 is
+// refused by name. Catches an overflowing accumulation (a wrapped sum) and the limit missing.
+TEST(PackedWeights, Int8WidestRowsStayExact) {
+  constexpr index_t cols = 65536;
+  ef::tensor<float> w({2, cols});
+  for (index_t k = 0; k < cols; ++k) w.data()[k] = 1.0f, w.data()[cols + k] = -1.0f;
+  const ef::packed_matrix<float> p(std::as_const(w).matrix(), weight_type::int8);
+#if defined(EIGENFORMER_INT8_VNNI)
+  constexpr bool integer_gemm = true;
+#else
+  constexpr bool integer_gemm = false;  // n = 9: Eigen's float GEMM on the integers (exact below 2^24)
+#endif
+  for (const index_t n : {1, 9}) {
+    ef::tensor<float> x({n, cols}, 1.0f), y({n, 2});
+    p.apply(0, 2, x.data(), cols, n, {}, y.data(), 2);
+    const float tol = n == 1 || integer_gemm ? 0.0f : 65536.0f * 1e-6f;
+    for (index_t i = 0; i < n; ++i) {
+      EXPECT_NEAR(y.data()[2 * i], 65536.0f, tol) << "n " << n;
+      EXPECT_NEAR(y.data()[2 * i + 1], -65536.0f, tol) << "n " << n;
+    }
+  }
+  const auto wide = random_matrix(1, cols + 1, 12);
+  EIGENFORMER_EXPECT_THROW_WITH(ef::packed_matrix<float>(std::as_const(wide).matrix(), weight_type::int8),
+                                ef::invalid_argument, "65536");
+}
+
 TEST(PackedWeights, ParseNamesTheOption) {
   EXPECT_EQ(ef::parse_weight_type("bfloat16"), weight_type::bfloat16);
   EXPECT_EQ(ef::parse_weight_type("int8"), weight_type::int8);
@@ -258,7 +286,9 @@ TEST(PackedWeights, ModelsAtEachTypeStayNearFloat32) {
       ASSERT_EQ(m.weights(), t);
       // (The tiny fixtures are mostly embeddings and rows padded to 64 bytes: only the G2P models, of
       // real width, show the saving.)
-      if (c.name.rfind("g2p", 0) == 0) EXPECT_LT(m.weight_bytes(), reference_model.weight_bytes());
+      if (c.name.rfind("g2p", 0) == 0) {
+        EXPECT_LT(m.weight_bytes(), reference_model.weight_bytes());
+      }
       const auto got = scores(m, src, targets);
       // The log-probabilities of the scored tokens (decoder-only: those after the prompt), as
       // CTranslate2's score_batch reports them; the far tail of the distribution (log-probs of -30)
