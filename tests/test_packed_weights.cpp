@@ -315,7 +315,9 @@ TEST(PackedWeights, ModelsAtEachTypeStayNearFloat32) {
       // A reduced type must change something (a layer left unconverted changes nothing) -- except
       // float16 on the G2P models, whose file stores F16 weights: converting them to float16 is exact,
       // and the portable build (same summation order as float32) then measures 0.
-      if (t != weight_type::float16 || c.name.rfind("g2p", 0) != 0) EXPECT_GT(worst, 0.0);
+      if (t != weight_type::float16 || c.name.rfind("g2p", 0) != 0) {
+        EXPECT_GT(worst, 0.0);
+      }
       EXPECT_LT(worst, c.bound[ti]);
     }
   }
