@@ -76,13 +76,13 @@ void BM_Packed(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_Linear<true>)->Name("eigenformer_linear")->Args({32000, 512, 1})->Args({32000, 512, 8})->Args({2048, 512, 1})->Args({2048, 512, 8})->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Linear<true>)->Name("eigenformer_linear")->Args({32000, 512, 1})->Args({32000, 512, 8})->Args({2048, 512, 1})->Args({2048, 512, 8})->Args({512, 2048, 1})->Args({512, 2048, 8})->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Linear<false>)->Name("eigen_product")->Args({32000, 512, 1})->Args({32000, 512, 8})->Args({2048, 512, 1})->Args({2048, 512, 8})->Args({2048, 512, 1024})->Args({512, 2048, 1024})->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Packed)
     ->Name("eigenformer_packed")
     ->ArgsProduct({{32000}, {512}, {1, 8}, {1, 2, 3}})
     ->ArgsProduct({{2048}, {512}, {1, 8, 1024}, {1, 2, 3}})
-    ->ArgsProduct({{512}, {2048}, {1024}, {1, 2, 3}})
+    ->ArgsProduct({{512}, {2048}, {1, 8, 1024}, {1, 2, 3}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -81,7 +81,7 @@ TEST(PackedWeights, KernelsMatchDoubleReference) {
     const auto bias = random_matrix(1, 67, 2);
     for (const weight_type t : reduced) {
       const ef::packed_matrix<float> p(std::as_const(w).matrix(), t);
-      for (const index_t n : {1, 2, 3, 8, 9, 20}) {
+      for (const index_t n : {1, 2, 3, 8, 9, 20, 200}) {
         SCOPED_TRACE(std::string(ef::weight_type_name(t)) + " in " + std::to_string(in) + " n " + std::to_string(n));
         const auto x = random_matrix(n, in, 3 + static_cast<std::uint32_t>(n));
         ef::tensor<float> y({n, 67});
@@ -97,6 +97,39 @@ TEST(PackedWeights, KernelsMatchDoubleReference) {
       }
     }
   }
+}
+
+// int8 with AVX512-VNNI: the GEMM (more than 8 inputs) gives every output equal to what each input
+// alone gives through the decode kernel, bit for bit: both sum exact integers and scale them back by
+// the same operations, so a prompt computes exactly what feeding it token by token computes. n covers
+// a part-filled group of 16 (9, 20), a whole tile of 64 (64), a tile plus one (65) and, with in = 1100
+// (256 KiB panels of 192 inputs), more than one panel (200); out = 67 leaves a last block of 6 rows
+// with one row. Catches a packing that misplaces an input's bytes, a tail group read as real inputs, a
+// block's repeated last row stored, rows or inputs of the tile crossed in the store, and a
+// vectorised scale-back that rounds differently from the scalar one (a fused multiply-add, a
+// reciprocal).
+TEST(PackedWeights, Int8GemmEqualsEachInputAlone) {
+#if !defined(EIGENFORMER_INT8_VNNI)
+  GTEST_SKIP() << "without AVX512-VNNI more than 8 inputs go through Eigen's float GEMM (exact below 2^24 only)";
+#else
+  for (const index_t in : {300, 1100}) {
+    const auto w = random_matrix(67, in, 13);
+    const auto bias = random_matrix(1, 67, 14);
+    const ef::packed_matrix<float> p(std::as_const(w).matrix(), weight_type::int8);
+    for (const index_t n : {9, 20, 64, 65, 200}) {
+      auto x = random_matrix(n, in, 15 + static_cast<std::uint32_t>(n));
+      for (index_t k = 0; k < in; ++k) x.data()[in + k] = 0.0f;  // input 1: all zero (scale 0)
+      ef::tensor<float> y({n, 67}), one({1, 67});
+      p.apply(0, 67, x.data(), in, n, bias.values(), y.data(), 67);
+      for (index_t i = 0; i < n; ++i) {
+        p.apply(0, 67, x.data() + i * in, in, 1, bias.values(), one.data(), 67);
+        for (index_t o = 0; o < 67; ++o) {
+          ASSERT_EQ(y.data()[i * 67 + o], one.data()[o]) << "in " << in << " n " << n << " input " << i << " row " << o;
+        }
+      }
+    }
+  }
+#endif
 }
 
 // Rows [first, first + count) alone give those columns of the full product (the query, or the

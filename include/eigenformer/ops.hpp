@@ -78,11 +78,7 @@ void small_batch_linear(const Scalar* x, index_t ldx, index_t n, const Scalar* w
     for (index_t blk = 0; blk < blocks; ++blk) {
       const index_t o = blk * R, rows = std::min(R, out - o);
       dot_rows_n(n, x, ldx, w + o * ldw, ldw, rows, in, y + o, ldy);
-      if (bias) {
-        for (index_t i = 0; i < n; ++i) {
-          for (index_t r = 0; r < rows; ++r) y[i * ldy + o + r] += bias[o + r];
-        }
-      }
+      add_bias_rows(y + o, ldy, n, bias ? bias + o : nullptr, rows);
     }
     return;
   }

@@ -23,9 +23,10 @@
 // rows widened in registers, int8 rows multiplied by vpdpbusd (AVX512-VNNI). Elsewhere 4 rows side by
 // side: 16-bit rows widened in L1-sized chunks, int8 rows multiplied as integers (AVX2: vpsignb +
 // vpmaddubsw + vpmaddwd; otherwise a portable loop the compiler vectorises). More rows (an encoder, a
-// prompt): int8 with AVX512-VNNI in integers, blocks of 4 weight rows against 4 inputs at a time (64
-// products per instruction, four times float FMA's rate); otherwise tiles of rows widened into a
-// per-thread buffer for Eigen's GEMM (int8: the quantised integers as float, exact products).
+// prompt): int8 with AVX512-VNNI in integers, inputs packed in groups of 16 against weights broadcast
+// 4 bytes at a time (64 products per instruction, four times float FMA's rate, no horizontal sums);
+// otherwise tiles of rows widened into a per-thread buffer for Eigen's GEMM (int8: the quantised
+// integers as float, exact products).
 #pragma once
 
 #include <algorithm>
@@ -247,6 +248,7 @@ inline void dot_rows_vnni(const std::uint8_t* a, index_t lda, const std::int8_t*
     __m512i s[NA];
     for (int i = 0; i < NA; ++i) s[i] = zero;
     for (index_t k = 0; k < ld; k += 64) {
+      if constexpr (NA > 1) prefetch_ahead(w + k);
       const __m512i vb = _mm512_loadu_si512(w + k);
       for (int i = 0; i < NA; ++i) s[i] = _mm512_dpbusd_epi32(s[i], _mm512_loadu_si512(a + i * lda + k), vb);
     }
@@ -260,25 +262,49 @@ inline void dot_rows_vnni(const std::uint8_t* a, index_t lda, const std::int8_t*
   }
 }
 
-/// The same for NA <= 4 inputs against the 4 weight rows b[0..3], read in steps of 64 bytes across all eight: 16
-/// accumulators, 8 loads per 16 vpdpbusd (a GEMM's inner block: the rows are in L1 by then).
-template <int NA>
-inline void dot_block_vnni(const std::uint8_t* a, index_t lda, const std::int8_t* const* b, index_t ld,
-                           std::int32_t (*acc)[4]) noexcept {
-  __m512i s[NA][4];
-  for (int i = 0; i < NA; ++i) {
-    for (int r = 0; r < 4; ++r) s[i][r] = _mm512_setzero_si512();
+/// Inputs per packed group of the int8 GEMM (one zmm register of int32 sums), and per tile (4 groups).
+inline constexpr index_t vnni_group = 16;
+inline constexpr index_t vnni_tile_inputs = 4 * vnni_group;
+
+/// Packs `count` <= 16 unsigned input rows a [count, ld] (rows ld apart, ld a multiple of 4) as one
+/// group out [ld / 4][16][4]: at each step of 4 columns, 4 bytes of every input side by side, so that
+/// one 64-byte load feeds vpdpbusd 16 inputs. Inputs past `count` are zeros (their sums are junk and
+/// never stored).
+inline void pack_vnni_group(const std::uint8_t* a, index_t ld, index_t count, std::uint8_t* out) noexcept {
+  if (count < vnni_group) std::memset(out, 0, static_cast<std::size_t>(vnni_group * ld));
+  for (index_t t = 0; t < count; ++t) {
+    const std::uint8_t* row = a + t * ld;
+    for (index_t k = 0; k < ld; k += 4) std::memcpy(out + k * vnni_group + 4 * t, row + k, 4);
   }
-  for (index_t k = 0; k < ld; k += 64) {
-    __m512i vb[4];
-    for (int r = 0; r < 4; ++r) vb[r] = _mm512_loadu_si512(b[r] + k);
-    for (int i = 0; i < NA; ++i) {
-      const __m512i va = _mm512_loadu_si512(a + i * lda + k);
-      for (int r = 0; r < 4; ++r) s[i][r] = _mm512_dpbusd_epi32(s[i][r], va, vb[r]);
+}
+
+/// acc[r * 64 + 16 m + t] = sum_k a_m[t][k] w[r][k] over k < ld, exactly, for MT packed groups a_m
+/// (pack_vnni_group; group m at a + 16 m ld) of 16 unsigned inputs and NO int8 weight rows w[r]
+/// (natural layout, 4 bytes at a time broadcast to every lane): the GEMM of prompts and encoders.
+/// Each accumulator holds 16 inputs of one output, so no horizontal sums; with MT = 4 and NO = 6, 24
+/// accumulators take 10 loads per 24 vpdpbusd. 140-190 GMAC/s on one Zen 4 core against 47-64 for
+/// the 4 rows x 4 inputs block of horizontal dot products it replaced (1024 inputs, 2048 x 512 and
+/// 512 x 2048 weights; standalone test against a plain loop, equal sums).
+template <int MT, int NO>
+  requires(MT >= 1 && MT <= 4)
+inline void gemm_tile_vnni(const std::uint8_t* a, index_t ld, const std::int8_t* const* w,
+                           std::int32_t* acc) noexcept {
+  __m512i s[NO][MT];
+  for (int r = 0; r < NO; ++r) {
+    for (int m = 0; m < MT; ++m) s[r][m] = _mm512_setzero_si512();
+  }
+  for (index_t k = 0; k < ld; k += 4) {
+    __m512i va[MT];
+    for (int m = 0; m < MT; ++m) va[m] = _mm512_loadu_si512(a + m * vnni_group * ld + k * vnni_group);
+    for (int r = 0; r < NO; ++r) {
+      std::int32_t w4;
+      std::memcpy(&w4, w[r] + k, 4);
+      const __m512i vb = _mm512_set1_epi32(w4);
+      for (int m = 0; m < MT; ++m) s[r][m] = _mm512_dpbusd_epi32(s[r][m], va[m], vb);
     }
   }
-  for (int i = 0; i < NA; ++i) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(acc[i]), sum4_epi32(s[i][0], s[i][1], s[i][2], s[i][3]));
+  for (int r = 0; r < NO; ++r) {
+    for (int m = 0; m < MT; ++m) _mm512_storeu_si512(acc + r * vnni_tile_inputs + m * vnni_group, s[r][m]);
   }
 }
 #endif
@@ -368,7 +394,10 @@ class packed_matrix {
     if (n == 0 || count == 0) return;
     const Scalar* b = bias.empty() ? nullptr : bias.data();
 #if defined(EIGENFORMER_INT8_VNNI)
-    if (type_ == weight_type::int8) return rows_int8_vnni(first, count, x, ldx, n, b, y, ldy);
+    if (type_ == weight_type::int8) {
+      if (n <= detail::small_batch_rows) return rows_int8_vnni(first, count, x, ldx, n, b, y, ldy);
+      return gemm_int8_vnni(first, count, x, ldx, n, b, y, ldy);
+    }
 #endif
     if (n <= detail::small_batch_rows) {
       if (type_ == weight_type::int8) {
@@ -416,11 +445,7 @@ class packed_matrix {
         } else {
           detail::dot_rows_n<std::uint16_t, false>(n, x, ldx, w, ld_, rows, cols_, y + o, ldy);
         }
-        if (bias) {
-          for (index_t i = 0; i < n; ++i) {
-            for (index_t r = 0; r < rows; ++r) y[i * ldy + o + r] += bias[o + r];
-          }
-        }
+        detail::add_bias_rows(y + o, ldy, n, bias ? bias + o : nullptr, rows);
       }
       return;
     }
@@ -517,11 +542,19 @@ class packed_matrix {
   }
 
 #if defined(EIGENFORMER_INT8_VNNI)
-  // int8 weights, AVX512-VNNI, any number of inputs: they are quantised once into per-thread scratch
-  // as unsigned bytes (int8 + 128: the instruction's form). Up to 8 inputs (a decode step) meet each
-  // weight row as it is read in order; more (an encoder, a prompt) meet a block of 4 rows (then in L1)
-  // 4 at a time, in panels of at most 256 KiB of inputs that stay in L2 while every block passes over
-  // them. Exact int32 sums: the same outputs for any n, any thread split and any row range.
+  // int8 weights, AVX512-VNNI: inputs are quantised once into per-thread scratch as unsigned bytes
+  // (int8 + 128: the instruction's form; the 128 sum_k Q[o, k] it adds is taken off from sum_).
+  // Exact int32 sums: the same outputs for any n, any thread split and any row range, so a prompt
+  // computes exactly what feeding it token by token computes.
+
+  // The output of weight row o from the sum acc of an input (+ 128) of scale s against Q[o].
+  Scalar int8_output(std::int32_t acc, Scalar s, index_t o, Scalar bias) const noexcept {
+    const std::int32_t exact = acc - 128 * sum_.data()[o];
+    const Scalar v = s == Scalar(0) ? Scalar(0) : static_cast<Scalar>(exact) / (s * scale_.data()[o]);
+    return v + bias;  // s NaN: NaN
+  }
+
+  // Up to 8 inputs (a decode step): each weight row meets all of them as it is read in order.
   void rows_int8_vnni(index_t first, index_t count, const Scalar* x, index_t ldx, index_t n, const Scalar* bias,
                       Scalar* y, index_t ldy) const {
     std::int8_t* qx = detail::thread_scratch<std::int8_t, 0>(n * ld_);
@@ -530,11 +563,7 @@ class packed_matrix {
     constexpr index_t R = 4;
     const index_t blocks = (count + R - 1) / R;
     const int threads = static_cast<int>(std::min<index_t>(blocks, threads_for(n, count)));
-    const bool few = n <= detail::small_batch_rows;
-    const index_t panel = few ? n : std::max<index_t>(R, (index_t{1} << 18) / ld_ / R * R);
     const std::int8_t* q = q8_.data() + first * ld_;
-    const Scalar* sw = scale_.data() + first;
-    const std::int32_t* wsum = sum_.data() + first;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
@@ -547,55 +576,116 @@ class packed_matrix {
         sx[i] = detail::quantize_row(x + i * ldx, cols_, ld_, qi);
         for (index_t k = 0; k < ld_; ++k) qi[k] = static_cast<std::int8_t>(qi[k] ^ 0x80);  // + 128, as bits
       }
-      for (index_t i0 = 0; i0 < n; i0 += panel) {
-        const index_t i1 = std::min(n, i0 + panel);
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (index_t blk = 0; blk < blocks; ++blk) {
+        const index_t o = blk * R, rows = std::min(R, count - o);
+        alignas(16) std::int32_t acc[detail::small_batch_rows][R];  // [input][row o + r]
+        switch (n) {
+          case 1: detail::dot_rows_vnni<1>(ux, ld_, q + o * ld_, ld_, rows, acc); break;
+          case 2: detail::dot_rows_vnni<2>(ux, ld_, q + o * ld_, ld_, rows, acc); break;
+          case 3: detail::dot_rows_vnni<3>(ux, ld_, q + o * ld_, ld_, rows, acc); break;
+          case 4: detail::dot_rows_vnni<4>(ux, ld_, q + o * ld_, ld_, rows, acc); break;
+          case 5: detail::dot_rows_vnni<5>(ux, ld_, q + o * ld_, ld_, rows, acc); break;
+          case 6: detail::dot_rows_vnni<6>(ux, ld_, q + o * ld_, ld_, rows, acc); break;
+          case 7: detail::dot_rows_vnni<7>(ux, ld_, q + o * ld_, ld_, rows, acc); break;
+          default: detail::dot_rows_vnni<8>(ux, ld_, q + o * ld_, ld_, rows, acc); break;
+        }
+        for (index_t i = 0; i < n; ++i) {
+          for (index_t r = 0; r < rows; ++r) {
+            y[i * ldy + o + r] = int8_output(acc[i][r], sx[i], first + o + r, bias ? bias[o + r] : Scalar(0));
+          }
+        }
+      }
+    }
+  }
+
+  // More inputs (a prompt, an encoder): a GEMM. Inputs are quantised and packed in groups of 16
+  // (detail::pack_vnni_group); then in panels of at most 256 KiB of packed inputs, which stay in L2,
+  // blocks of 6 weight rows (in L1 after their first tile) meet 64 inputs at a time.
+  void gemm_int8_vnni(index_t first, index_t count, const Scalar* x, index_t ldx, index_t n, const Scalar* bias,
+                      Scalar* y, index_t ldy) const {
+    constexpr index_t G = detail::vnni_group, T = detail::vnni_tile_inputs, R = gemm_block_rows;
+    const index_t groups = (n + G - 1) / G;
+    std::uint8_t* packed = detail::thread_scratch<std::uint8_t, 4>(groups * G * ld_);  // [groups][ld / 4][16][4]
+    Scalar* sx = detail::thread_scratch<Scalar, 2>(groups * G);                        // [n] input scales, 0 past n
+    const index_t blocks = (count + R - 1) / R;
+    const int threads = static_cast<int>(std::min<index_t>(blocks, threads_for(n, count)));
+    const index_t panel = std::max<index_t>(T, (index_t{1} << 18) / ld_ / T * T);  // inputs
+    const std::int8_t* q = q8_.data() + first * ld_;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+      std::int8_t* rows16 = detail::thread_scratch<std::int8_t, 5>(G * ld_);  // [16, ld] one group, quantised
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (index_t g = 0; g < groups; ++g) {  // (the loop's end waits for every group)
+        const index_t i0 = g * G, m = std::min(G, n - i0);
+        for (index_t j = 0; j < G; ++j) sx[i0 + j] = Scalar(0);
+        for (index_t j = 0; j < m; ++j) {
+          std::int8_t* qj = rows16 + j * ld_;
+          sx[i0 + j] = detail::quantize_row(x + (i0 + j) * ldx, cols_, ld_, qj);
+          for (index_t k = 0; k < ld_; ++k) qj[k] = static_cast<std::int8_t>(qj[k] ^ 0x80);  // + 128, as bits
+        }
+        detail::pack_vnni_group(reinterpret_cast<const std::uint8_t*>(rows16), ld_, m, packed + i0 * ld_);
+      }
+      for (index_t p0 = 0; p0 < n; p0 += panel) {
+        const index_t p1 = std::min(n, p0 + panel);
 #if defined(_OPENMP)
 #pragma omp for schedule(static)
 #endif
         for (index_t blk = 0; blk < blocks; ++blk) {
           const index_t o = blk * R, rows = std::min(R, count - o);
-          const std::int8_t* w = q + o * ld_;
-          // acc[i][r]: input i0 + i (few) or i (a block of 4), row o + r
-          alignas(16) std::int32_t acc[detail::small_batch_rows][R];
-          const auto finish = [&](index_t i, index_t na) {
-            for (index_t j = 0; j < na; ++j) {
-              const Scalar s = sx[i + j];
-              for (index_t r = 0; r < rows; ++r) {
-                const std::int32_t exact = acc[j][r] - 128 * wsum[o + r];
-                const Scalar v = s == Scalar(0) ? Scalar(0) : static_cast<Scalar>(exact) / (s * sw[o + r]);
-                y[(i + j) * ldy + o + r] = v + (bias ? bias[o + r] : Scalar(0));  // s NaN: NaN
-              }
+          const std::int8_t* w[R];  // a last partial block repeats its last row (read, never written)
+          for (index_t r = 0; r < R; ++r) w[r] = q + (o + std::min(r, rows - 1)) * ld_;
+          alignas(64) std::int32_t acc[R * T];  // [row o + r][input i + j]
+          for (index_t i = p0; i < p1; i += T) {
+            const index_t m = std::min(T, p1 - i);
+            const std::uint8_t* a = packed + i * ld_;
+            switch ((m + G - 1) / G) {
+              case 1: detail::gemm_tile_vnni<1, R>(a, ld_, w, acc); break;
+              case 2: detail::gemm_tile_vnni<2, R>(a, ld_, w, acc); break;
+              case 3: detail::gemm_tile_vnni<3, R>(a, ld_, w, acc); break;
+              default: detail::gemm_tile_vnni<4, R>(a, ld_, w, acc); break;
             }
-          };
-          if (few) {
-            const std::uint8_t* a = ux + i0 * ld_;
-            switch (i1 - i0) {
-              case 1: detail::dot_rows_vnni<1>(a, ld_, w, ld_, rows, acc); break;
-              case 2: detail::dot_rows_vnni<2>(a, ld_, w, ld_, rows, acc); break;
-              case 3: detail::dot_rows_vnni<3>(a, ld_, w, ld_, rows, acc); break;
-              case 4: detail::dot_rows_vnni<4>(a, ld_, w, ld_, rows, acc); break;
-              case 5: detail::dot_rows_vnni<5>(a, ld_, w, ld_, rows, acc); break;
-              case 6: detail::dot_rows_vnni<6>(a, ld_, w, ld_, rows, acc); break;
-              case 7: detail::dot_rows_vnni<7>(a, ld_, w, ld_, rows, acc); break;
-              default: detail::dot_rows_vnni<8>(a, ld_, w, ld_, rows, acc); break;
-            }
-            finish(i0, i1 - i0);
-            continue;
-          }
-          const std::int8_t* wr[R];  // a last partial block repeats its last row (read, never written)
-          for (index_t r = 0; r < R; ++r) wr[r] = w + std::min(r, rows - 1) * ld_;
-          for (index_t i = i0; i < i1; i += 4) {
-            const index_t na = std::min<index_t>(4, i1 - i);
-            const std::uint8_t* a = ux + i * ld_;
-            switch (na) {
-              case 1: detail::dot_block_vnni<1>(a, ld_, wr, ld_, acc); break;
-              case 2: detail::dot_block_vnni<2>(a, ld_, wr, ld_, acc); break;
-              case 3: detail::dot_block_vnni<3>(a, ld_, wr, ld_, acc); break;
-              default: detail::dot_block_vnni<4>(a, ld_, wr, ld_, acc); break;
-            }
-            finish(i, na);
+            store_int8_tile(acc, m, rows, sx + i, first + o, bias ? bias + o : nullptr, y + i * ldy + o, ldy);
           }
         }
+      }
+    }
+  }
+
+  static constexpr index_t gemm_block_rows = 6;  // weight rows per GEMM tile
+
+  // y[j * ldy + r] = int8_output(acc[r * 64 + j], sx[j], o + r, bias[r]) for j < m inputs and r < rows
+  // (bias null: none). For float 16 inputs at a time: the same operations in the same order, so the
+  // same values as the scalar form.
+  void store_int8_tile(const std::int32_t* acc, index_t m, index_t rows, const Scalar* sx, index_t o, const Scalar* bias,
+                       Scalar* y, index_t ldy) const noexcept {
+    constexpr index_t G = detail::vnni_group, T = detail::vnni_tile_inputs;
+    if constexpr (std::is_same_v<Scalar, float>) {
+      alignas(64) float out[gemm_block_rows * T];  // [r][j]
+      for (index_t r = 0; r < rows; ++r) {
+        const __m512 sw = _mm512_set1_ps(scale_.data()[o + r]);
+        const __m512i c = _mm512_set1_epi32(128 * sum_.data()[o + r]);
+        const __m512 bv = _mm512_set1_ps(bias ? bias[r] : 0.0f);
+        for (index_t j = 0; j < m; j += G) {
+          const __m512 s = _mm512_loadu_ps(sx + j);  // (0 past n: the scratch is whole groups)
+          const __m512 exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(acc + r * T + j), c));
+          const __m512 v = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_NEQ_UQ), exact,
+                                               _mm512_mul_ps(s, sw));
+          _mm512_store_ps(out + r * T + j, _mm512_add_ps(v, bv));
+        }
+      }
+      for (index_t j = 0; j < m; ++j) {
+        for (index_t r = 0; r < rows; ++r) y[j * ldy + r] = out[r * T + j];
+      }
+    } else {
+      for (index_t j = 0; j < m; ++j) {
+        for (index_t r = 0; r < rows; ++r) y[j * ldy + r] = int8_output(acc[r * T + j], sx[j], o + r, bias ? bias[r] : Scalar(0));
       }
     }
   }
