@@ -155,7 +155,7 @@ void self_core(fixture& f) {
   const index_t d = d_model, dh = f.w.d_head(), len = f.len;
   const S* qkv = f.qkv.data();
   S* ctx = f.ctx.data();
-  ef::detail::for_each_head(f.batch, f.w.n_heads, len * len, f.core_flops(), f.scores, [&](index_t b, index_t h, S* scratch) {
+  ef::detail::for_each_head(f.batch, f.w.n_heads, len * len, f.core_flops(), 0.0, f.scores, [&](index_t b, index_t h, S* scratch) {
     const index_t row = f.q_offsets[static_cast<std::size_t>(b)];
     const S* base = qkv + row * 3 * d + h * dh;
     ef::attend_head<S>(ef::make_view(base, len, dh, 3 * d), ef::make_view(base + d, len, dh, 3 * d),
@@ -169,7 +169,7 @@ void kv_core(fixture& f, const ef::kv_view<S>& kv) {
   const index_t d = d_model, dh = f.w.d_head();
   const S* q = f.q.data();
   S* ctx = f.ctx.data();
-  ef::detail::for_each_head(f.batch, f.w.n_heads, f.len, f.core_flops(), f.scores, [&](index_t b, index_t h, S* scratch) {
+  ef::detail::for_each_head(f.batch, f.w.n_heads, f.len, f.core_flops(), f.kv_bytes(), f.scores, [&](index_t b, index_t h, S* scratch) {
     const index_t tk = kv.lengths[static_cast<std::size_t>(b)];
     const S* k = kv.data + kv.offsets[static_cast<std::size_t>(b)] * kv.stride + h * dh;
     ef::attend_head<S>(ef::make_view(q + b * d + h * dh, 1, dh, d), ef::make_view(k, tk, dh, kv.stride),

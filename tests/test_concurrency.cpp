@@ -12,8 +12,12 @@
 #include <eigenformer/decode.hpp>
 #include <eigenformer/sampling/sampling.hpp>
 
+#include <eigenformer/attention.hpp>
+
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <random>
 #include <exception>
 #include <functional>
 #include <latch>
@@ -280,6 +284,89 @@ TEST(Concurrency, SharedModelGivesEveryThreadItsSerialResult) {
     for (int r = 0; r < rounds; ++r) {
       EXPECT_TRUE(got[i][static_cast<std::size_t>(r)] == expected[i])
           << "round " << r << ":\n" << describe(got[i][static_cast<std::size_t>(r)]) << "expected:\n" << describe(expected[i]);
+    }
+  }
+}
+
+// A decode step's attention over a KV cache forks across the heads of the batch once the keys and
+// values it reads reach parallel_stream_bytes (here 8 sequences x 60-95 cached rows x 2 x 256
+// floats: ~1.3 MB), as the step's matrix products do. Split over 2 threads it must give, bit for bit,
+// what one thread gives (each head is computed alone, whatever thread runs it), and both must equal
+// a double-precision reference of torch.nn.MultiheadAttention's formula (1e-5). Catches per-thread
+// scratch that overlaps (two heads writing one block of scores: a race that changes probabilities),
+// a head or sequence skipped or written to another's columns when the tasks are split, and keys
+// read at the wrong offset of the cache. scripts/tsan runs it too: a race that happens to give the
+// right numbers is reported there.
+TEST(Concurrency, CachedAttentionSplitAcrossThreadsEqualsOneThreadAndTheReference) {
+  constexpr index_t d = 256, heads = 8, dh = d / heads, batch = 8;
+  std::mt19937 gen(41);
+  std::normal_distribution<float> normal(0.0f, 0.3f);
+  const auto random_tensor = [&](std::initializer_list<index_t> shape) {
+    ef::tensor<float> t(shape);
+    for (index_t i = 0; i < t.size(); ++i) t.data()[i] = normal(gen);
+    return t;
+  };
+  ef::attention_weights<float> w;
+  w.in_proj.weight = random_tensor({3 * d, d});
+  w.in_proj.bias = random_tensor({3 * d});
+  w.out_proj.weight = random_tensor({d, d});
+  w.out_proj.bias = random_tensor({d});
+  w.n_heads = heads;
+  std::vector<index_t> q_offsets(batch + 1), kv_offsets(batch), lengths(batch);
+  index_t rows = 0;
+  for (index_t b = 0; b < batch; ++b) {
+    q_offsets[static_cast<std::size_t>(b) + 1] = b + 1;  // one query row per sequence: a decode step
+    kv_offsets[static_cast<std::size_t>(b)] = rows;
+    lengths[static_cast<std::size_t>(b)] = 60 + 5 * b;
+    rows += lengths[static_cast<std::size_t>(b)];
+  }
+  const auto cache = random_tensor({rows, 2 * d});  // [k | v] rows, as kv_cache holds them
+  const auto x = random_tensor({batch, d});
+  ASSERT_GE(2.0 * double(rows) * d * sizeof(float), ef::parallel_stream_bytes);
+  const ef::kv_view<float> kv{cache.data(), 2 * d, kv_offsets, lengths, false};
+
+  const auto run = [&](int threads) {
+    ef::set_num_threads(threads);
+    ef::workspace<float> ws;
+    ef::tensor<float> out({batch, d});
+    ef::attention_over_kv(w, std::as_const(x).matrix(), q_offsets, kv, out.matrix(), ws);
+    return out;
+  };
+  const auto one = run(1), two = run(2);
+  ef::set_num_threads(0);
+
+  // Reference, in double: q = x W_q^T + b_q; per head softmax(q k^T / sqrt(dh)) v; out = ctx W_o^T + b_o.
+  const auto& wi = w.in_proj.weight;
+  const auto& wo = w.out_proj.weight;
+  for (index_t b = 0; b < batch; ++b) {
+    std::vector<double> q(d), ctx(d, 0.0);
+    for (index_t o = 0; o < d; ++o) {
+      double s = w.in_proj.bias.data()[o];
+      for (index_t k = 0; k < d; ++k) s += double(wi.data()[o * d + k]) * x.data()[b * d + k];
+      q[static_cast<std::size_t>(o)] = s;
+    }
+    const index_t first = kv_offsets[static_cast<std::size_t>(b)], len = lengths[static_cast<std::size_t>(b)];
+    for (index_t h = 0; h < heads; ++h) {
+      std::vector<double> p(static_cast<std::size_t>(len));
+      double top = -1e300, total = 0;
+      for (index_t t = 0; t < len; ++t) {
+        double s = 0;
+        for (index_t j = 0; j < dh; ++j) s += q[static_cast<std::size_t>(h * dh + j)] * cache.data()[(first + t) * 2 * d + h * dh + j];
+        p[static_cast<std::size_t>(t)] = s / std::sqrt(double(dh));
+        top = std::max(top, p[static_cast<std::size_t>(t)]);
+      }
+      for (auto& v : p) total += (v = std::exp(v - top));
+      for (index_t t = 0; t < len; ++t) {
+        for (index_t j = 0; j < dh; ++j) {
+          ctx[static_cast<std::size_t>(h * dh + j)] += p[static_cast<std::size_t>(t)] / total * cache.data()[(first + t) * 2 * d + d + h * dh + j];
+        }
+      }
+    }
+    for (index_t o = 0; o < d; ++o) {
+      double s = w.out_proj.bias.data()[o];
+      for (index_t k = 0; k < d; ++k) s += double(wo.data()[o * d + k]) * ctx[static_cast<std::size_t>(k)];
+      EXPECT_NEAR(one.data()[b * d + o], s, 1e-5 * (1 + std::abs(s))) << "sequence " << b << " column " << o;
+      EXPECT_EQ(two.data()[b * d + o], one.data()[b * d + o]) << "sequence " << b << " column " << o;
     }
   }
 }

@@ -426,9 +426,11 @@ TEST(Lm, GroupedQueryCacheHoldsOnlyKvHeads) {
     m.start_decoding(memory, 1, 8, cache);
     EXPECT_EQ(cache.kv_dim(), kv_heads * m.config().d_head()) << name;
     EXPECT_EQ(cache.self_kv(0).dim(1), 2 * kv_heads * m.config().d_head()) << name;
-    // One more step costs, per layer (2), a key and a value row of kv_dim floats, plus a score per thread.
-    const std::uint64_t per_step = m.cache_bytes(1, 0, 0, 1, 9) - m.cache_bytes(1, 0, 0, 1, 8);
-    EXPECT_EQ(per_step, 2u * 2u * std::uint64_t(kv_heads * 8) * sizeof(float) + std::uint64_t(ef::num_threads()) * sizeof(float))
+    // 16 more steps cost, per layer (2), 16 key and value rows of kv_dim floats, plus 16 scores per
+    // thread (each thread's block of scores is whole 64-byte lines: 32 -> 48 steps adds one line).
+    const std::uint64_t per_16_steps = m.cache_bytes(1, 0, 0, 1, 48) - m.cache_bytes(1, 0, 0, 1, 32);
+    EXPECT_EQ(per_16_steps, 16u * 2u * 2u * std::uint64_t(kv_heads * 8) * sizeof(float) +
+                                16u * std::uint64_t(ef::num_threads()) * sizeof(float))
         << name;
   }
 }

@@ -106,13 +106,28 @@ void attend_head(const_matrix_view<Scalar> q, const_matrix_view<Scalar> k, const
 
 namespace detail {
 
+/// Elements of one thread's block of attention scores for tasks of `per_task` scores: rounded up
+/// to whole 64-byte lines, so that every thread's block starts aligned as the first does. Eigen's
+/// vectorised sums (the softmax's) start with scalar steps up to the first aligned element: a head
+/// computed in a block aligned otherwise would differ in the last bits, and a result would depend
+/// on which thread computed it.
+template <class Scalar>
+constexpr index_t head_scratch_block(index_t per_task) noexcept {
+  constexpr index_t line = 64 / sizeof(Scalar);
+  return (std::max<index_t>(per_task, 1) + line - 1) / line * line;
+}
+
 /// Runs `head(b, h, scratch)` for every sequence b and head h, in parallel when the work is worth
-/// it. Each thread gets its own `per_task` scratch elements inside ws.scores.
+/// it: `flops` to compute, or `kv_bytes` of keys and values to read (a decode step's attention over
+/// a KV cache: little arithmetic per byte, the same rule as a decode step's matrix products). Each
+/// thread gets its own block of head_scratch_block(per_task) elements inside `scores`.
 template <class Scalar, class Head>
-void for_each_head(index_t batch, index_t n_heads, index_t per_task, double flops, tensor<Scalar>& scores, Head&& head) {
+void for_each_head(index_t batch, index_t n_heads, index_t per_task, double flops, double kv_bytes,
+                   tensor<Scalar>& scores, Head&& head) {
   const index_t tasks = batch * n_heads;
-  const int threads = (flops / 2 >= parallel_work_threshold && tasks > 1) ? static_cast<int>(std::min<index_t>(num_threads(), tasks)) : 1;
-  scores.resize({std::max<index_t>(1, threads * std::max<index_t>(per_task, 1))});
+  const int threads = tasks > 1 ? static_cast<int>(std::min<index_t>(product_threads(flops / 2, kv_bytes), tasks)) : 1;
+  const index_t block = head_scratch_block<Scalar>(per_task);
+  scores.resize({threads * block});
   Scalar* base = scores.data();
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
@@ -123,7 +138,7 @@ void for_each_head(index_t batch, index_t n_heads, index_t per_task, double flop
 #else
     const index_t thread = 0;
 #endif
-    head(task / n_heads, task % n_heads, base + thread * per_task);
+    head(task / n_heads, task % n_heads, base + thread * block);
   }
 }
 
@@ -147,7 +162,7 @@ void self_attention(const attention_weights<Scalar>& w, const Eigen::MatrixBase<
   }
   const Scalar* qkv = ws.qkv.data();
   Scalar* ctx = ws.ctx.data();
-  detail::for_each_head(batch, w.n_heads, longest * longest, flops, ws.scores, [&](index_t b, index_t h, Scalar* scratch) {
+  detail::for_each_head(batch, w.n_heads, longest * longest, flops, 0.0, ws.scores, [&](index_t b, index_t h, Scalar* scratch) {
     const index_t row = offsets[static_cast<std::size_t>(b)];
     const index_t len = offsets[static_cast<std::size_t>(b) + 1] - row;
     if (len == 0) return;
@@ -197,15 +212,17 @@ void attention_over_kv(const attention_weights<Scalar>& w, const Eigen::MatrixBa
   w.project_q(x, ws.q.matrix());
   if (rope) rope->apply(ws.q.matrix(), q_positions);
   index_t per_task = 0;
-  double flops = 0;
+  double flops = 0, kv_bytes = 0;
   for (index_t b = 0; b < batch; ++b) {
     const index_t tq = q_offsets[static_cast<std::size_t>(b) + 1] - q_offsets[static_cast<std::size_t>(b)];
+    const double tk = double(kv.lengths[static_cast<std::size_t>(b)]);
     per_task = std::max(per_task, tq * kv.lengths[static_cast<std::size_t>(b)]);
-    flops += 4.0 * double(tq) * double(kv.lengths[static_cast<std::size_t>(b)]) * double(d);
+    flops += 4.0 * double(tq) * tk * double(d);
+    kv_bytes += 2.0 * tk * double(kvd) * sizeof(Scalar);
   }
   const Scalar* q = ws.q.data();
   Scalar* ctx = ws.ctx.data();
-  detail::for_each_head(batch, w.n_heads, per_task, flops, ws.scores, [&](index_t b, index_t h, Scalar* scratch) {
+  detail::for_each_head(batch, w.n_heads, per_task, flops, kv_bytes, ws.scores, [&](index_t b, index_t h, Scalar* scratch) {
     const index_t row = q_offsets[static_cast<std::size_t>(b)];
     const index_t tq = q_offsets[static_cast<std::size_t>(b) + 1] - row;
     const index_t tk = kv.lengths[static_cast<std::size_t>(b)];

@@ -457,7 +457,7 @@ std::uint64_t model<Scalar>::cache_bytes(index_t n_sources, index_t source_token
                                                                                                        : config_.moe->top_k))
                                         : f;
   std::uint64_t scratch = sat_mul({slots, 8 * d + ff, sz});
-  scratch = sat_add(scratch, sat_mul({u64(num_threads()), u64(std::max(max_steps, longest_source)), sz}));
+  scratch = sat_add(scratch, sat_mul({u64(num_threads()), u64(detail::head_scratch_block<Scalar>(std::max(max_steps, longest_source))), sz}));
   scratch = sat_add(scratch, sat_mul(slots, 6 * sizeof(index_t) + 1));
   return sat_add(sat_add(self, cross), scratch);
 }
@@ -504,7 +504,7 @@ void model<Scalar>::start_decoding(const encoder_output<Scalar>& memory, index_t
   for (index_t s = 0; s < batch * slots_per_source; ++s) cache.slot_source_[static_cast<std::size_t>(s)] = s / slots_per_source;
   // Attention scratch for the usual step: one query row per slot against at most max_steps
   // cached keys or the longest source, per thread. Sized now so that steps never allocate.
-  cache.scratch_.ws.scores.resize({std::max<index_t>(1, num_threads() * std::max(max_steps, longest_source))});
+  cache.scratch_.ws.scores.resize({num_threads() * detail::head_scratch_block<Scalar>(std::max(max_steps, longest_source))});
 }
 
 template <class Scalar>
