@@ -41,19 +41,19 @@ What it does, in one run:
    for 16) / 64, so process start, model loading and encoding cancel. Each run decodes the batch
    TIME_REPEAT (4) times over (4 batches of the same sources), so that a step's time is measured
    over 4 x 64 steps against one process start: with one batch, the variation of loading a model
-   (tens of ms) swamped the difference at batch 1 (a per-step spread over rounds above 100 %). eigenformer runs through its
-   CLI (`generate --weights float32|bfloat16|int8 --threads T --batch-size B`), CTranslate2
-   in-process (Translator(compute_type=..., intra_threads=T).translate_batch). Batch 1 and 8,
-   threads 1 and 2, 3 rounds: per step = (fastest long run - fastest short run) / steps between them
-   (noise only adds time). `--quick`: batch 1 and 8 at 1 thread, lengths 16 and 48,
-   2 rounds. Also beam 4 (one source, repeated likewise, per step from the same two lengths) and the encoder
-   (a batch of 128-token sources encoded plus one step, per batch from 33 (batch 1) or 5 (batch 8)
-   batches minus one), for
-   every engine and type at each batch size and thread count. Wall times are the result; the CPU time per step is shown
-   beside them (steadier on a busy machine, for one thread). Before timing it waits (up to
-   --idle-wait seconds, 120 by default, 30 with --quick) for the machine to be idle (>= 90 % idle
-   CPU over 1 s in /proc/stat); if it is not, it proceeds and prints a WARNING: the timings are
-   then noisy. It checks /proc/stat again after the timing and warns likewise.
+   (tens of ms) swamped the difference at batch 1 (a per-step spread over rounds above 100 %).
+   eigenformer runs through its CLI (`generate --weights float32|bfloat16|int8 --threads T
+   --batch-size B`), CTranslate2 in-process (Translator(compute_type=...,
+   intra_threads=T).translate_batch). Batch 1 and 8, threads 1 and 2, 3 rounds: per step =
+   (fastest long run - fastest short run) / steps between them (noise only adds time). `--quick`:
+   batch 1 and 8 at 1 thread, lengths 16 and 48, 2 rounds. Also beam 4 (one source, repeated
+   likewise, per step from the same two lengths) and the encoder (a batch of 128-token sources
+   encoded plus one step, per batch from 33 (batch 1) or 5 (batch 8) batches minus one), for every
+   engine and type at each batch size and thread count. Wall times are the result; the CPU time
+   per step is shown beside them (steadier on a busy machine, for one thread). Before timing it
+   waits (up to --idle-wait seconds, 120 by default, 30 with --quick) for the machine to be idle
+   (>= 90 % idle CPU over 1 s in /proc/stat); if it is not, it proceeds and prints a WARNING: the
+   timings are then noisy. It checks /proc/stat again after the timing and warns likewise.
 6. Prints a table: ms per step and per token (step / batch) for each engine, type, batch and thread
    count, the ratio to CTranslate2 of the same type and the ratio to the floor; a second table for
    beam 4 and the encoder with the ratio to CTranslate2; and as its last line
